@@ -1,0 +1,1 @@
+"""Launchers beyond one machine: Cloud TPU VMs (gcloud) and GKE JobSets (kubectl)."""
