@@ -1,0 +1,104 @@
+"""The FastAPI app factory. Nothing is built at import time: `create_app` wires routers,
+middleware and exception handlers; the lifespan builds the engine and tears it down."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve.admission import Admission
+from serve.deps import ServerState
+from serve.engine import Engine
+from serve.errors import install_exception_handlers
+from serve.metrics import ServerMetrics
+from serve.protocol import new_id
+from serve.routes import chat, completions, models, system
+from serve.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ServeSettings], Awaitable[Engine]]
+
+
+async def start_vllm_engine(settings: ServeSettings) -> Engine:
+    """The production engine factory (imports vLLM only now)."""
+    from serve.vllm_engine import VllmEngine
+
+    return await VllmEngine.start(settings)
+
+
+def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """The OpenAI-compatible app for `settings`; `engine_factory` defaults to vLLM."""
+    factory = engine_factory or start_vllm_engine
+    metrics = ServerMetrics()
+    state = ServerState(settings=settings, metrics=metrics,
+                        admission=Admission(settings.max_in_flight, metrics.in_flight))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await factory(settings)
+        state.engine = engine
+        metrics.watch_engine(engine.load)
+        logger.info("serving %s", ", ".join(card.name for card in engine.models()))
+        try:
+            yield
+        finally:
+            await _shutdown(state, engine)
+
+    app = FastAPI(title="jaxtune serve", version="0.1.0", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.server = state
+    install_exception_handlers(app)
+    for router in (system.router, models.router, completions.router, chat.router):
+        app.include_router(router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _shutdown(state: ServerState, engine: Engine) -> None:
+    """Drain in-flight requests for up to `drain_timeout_s`, abort the rest, stop the engine."""
+    drained = await state.admission.drain(state.settings.drain_timeout_s)
+    if not drained:
+        leftover = state.admission.running_engine_ids()
+        logger.warning("aborting %d engine requests still running after %.0f s of draining",
+                       len(leftover), state.settings.drain_timeout_s)
+        for request_id in leftover:
+            await engine.abort(request_id)
+    await engine.close()
+    state.metrics.watch_engine(None)
+    logger.info("engine stopped")
+
+
+class RequestMetricsMiddleware:
+    """Gives each request an id (or keeps the client's `X-Request-Id`) and counts it by route
+    and final status. Plain ASGI, so streaming responses and disconnects pass untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+        scope.setdefault("state", {})["request_id"] = given or new_id("req")
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(endpoint, str(status)).inc()

@@ -1,0 +1,141 @@
+"""The engine protocol the HTTP layer talks to, and the plain data it exchanges.
+
+The routes never import vLLM: they see `Engine`, implemented by `serve.vllm_engine.VllmEngine`
+and by `serve.fake_engine.FakeEngine` in route tests. One engine request generates ONE
+sequence; the handlers fan out `n` choices and batched prompts into several requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class EngineError(Exception):
+    """Base of errors raised by an engine that the HTTP layer maps to a response."""
+
+
+class UnknownModelError(EngineError):
+    """The request names a model the engine does not serve."""
+
+    def __init__(self, model: str, served: Sequence[str]):
+        self.model = model
+        super().__init__(
+            f"The model '{model}' does not exist. Served models: {', '.join(served)}")
+
+
+class ChatTemplateMissingError(EngineError):
+    """Chat was asked of a model whose tokenizer has no chat template."""
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"Model '{model}' has no chat template; use /v1/completions with a plain prompt, "
+            "or serve a model whose tokenizer_config.json has a chat_template.")
+
+
+class ChatTemplateRenderError(EngineError):
+    """The chat template rejected the messages (e.g. roles in an order it does not allow)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine is shutting down or has died; requests cannot be served."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One servable model: a base model (`parent is None`) or a LoRA adapter on `parent`."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    parent: str | None = None
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling settings of one sequence (already validated by the HTTP layer)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Generate one sequence for `prompt_token_ids` with `model` (base or adapter name)."""
+
+    request_id: str
+    model: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """Text produced since the previous delta of the same request.
+
+    `num_new_tokens` counts the tokens behind `text`; the last delta carries `finish_reason`.
+    """
+
+    text: str
+    num_new_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """Requests the engine's scheduler holds: generating (`running`) and queued (`waiting`)."""
+
+    running: int
+    waiting: int
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the HTTP layer needs from an inference engine."""
+
+    def models(self) -> Sequence[ModelCard]:
+        """Every servable model, base models first."""
+        ...
+
+    async def encode(self, model: str, text: str, *, add_special_tokens: bool) -> list[int]:
+        """Token ids of `text` with `model`'s tokenizer."""
+        ...
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt text `model`'s chat template makes of `messages`, ready for generation."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Stream the deltas of one sequence; closing the iterator early aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop `request_id` and free its resources (no-op if it already finished)."""
+        ...
+
+    def load(self) -> EngineLoad:
+        """The scheduler's current running/waiting counts (as last reported by the engine)."""
+        ...
+
+    async def close(self) -> None:
+        """Shut the engine down, aborting whatever is still running."""
+        ...
+
+
+def find_model(engine: Engine, name: str) -> ModelCard:
+    """The card of `name`, or `UnknownModelError` listing what is served."""
+    cards = engine.models()
+    for card in cards:
+        if card.name == name:
+            return card
+    raise UnknownModelError(name, [c.name for c in cards])

@@ -1,0 +1,120 @@
+"""A deterministic in-process engine for route tests (no model, no vLLM).
+
+Tokens are whitespace-separated words (id = crc32 of the word modulo the vocabulary); the
+generated text is the words ``" w<k>"`` where k depends only on the prompt, the seed and the
+position, so the same request always yields the same text. Every request, abort and closing is
+recorded so tests can assert what reached the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from serve.engine import (
+    ChatTemplateMissingError,
+    EngineLoad,
+    EngineUnavailableError,
+    GenerationDelta,
+    GenerationRequest,
+    ModelCard,
+    find_model,
+)
+
+BOS_ID = 1
+
+
+class FakeEngine:
+    """Engine protocol implementation with scripted, reproducible behaviour.
+
+    `token_delay_s` sleeps before each token so tests can act mid-stream; `eos_after` ends a
+    sequence with finish reason "stop" after that many tokens (None: only max_tokens stops it).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[ModelCard] = (ModelCard("fake", max_model_len=64, vocab_size=1000),),
+        *,
+        chat_models: Sequence[str] | None = None,
+        token_delay_s: float = 0.0,
+        eos_after: int | None = None,
+    ):
+        self._models = tuple(models)
+        self._chat_models = set(chat_models if chat_models is not None else
+                                [m.name for m in self._models])
+        self.token_delay_s = token_delay_s
+        self.eos_after = eos_after
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self.finished: list[str] = []
+        self.closed = False
+        self._active: dict[str, asyncio.Event] = {}
+
+    def models(self) -> Sequence[ModelCard]:
+        return self._models
+
+    async def encode(self, model: str, text: str, *, add_special_tokens: bool) -> list[int]:
+        card = find_model(self, model)
+        ids = [zlib.crc32(word.encode()) % card.vocab_size for word in text.split()]
+        return [BOS_ID, *ids] if add_special_tokens else ids
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
+        card = find_model(self, model)
+        base = card.parent or card.name
+        if base not in self._chat_models:
+            raise ChatTemplateMissingError(model)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        if self.closed:
+            raise EngineUnavailableError("engine is closed")
+        find_model(self, request.model)
+        self.requests.append(request)
+        cancelled = asyncio.Event()
+        self._active[request.request_id] = cancelled
+        sampling = request.sampling
+        seed = sampling.seed if sampling.seed is not None else 0
+        base = sum(request.prompt_token_ids) + 7 * seed
+        text = ""
+        try:
+            for step in range(sampling.max_tokens):
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                if cancelled.is_set():
+                    yield GenerationDelta("", 0, "abort")
+                    return
+                piece = f" w{(base + 31 * step) % 97}"
+                text += piece
+                for stop in sampling.stop:
+                    cut = text.find(stop)
+                    if cut >= 0:
+                        # The stop string is not part of the output (OpenAI semantics).
+                        kept = text[:cut][len(text) - len(piece):]
+                        yield GenerationDelta(kept, 1, "stop")
+                        return
+                done = (self.eos_after is not None and not sampling.ignore_eos
+                        and step + 1 >= self.eos_after)
+                last = step + 1 == sampling.max_tokens
+                reason = "stop" if done else ("length" if last else None)
+                yield GenerationDelta(piece, 1, reason)
+                if done:
+                    return
+        finally:
+            self._active.pop(request.request_id, None)
+            self.finished.append(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        event = self._active.get(request_id)
+        if event is not None:
+            event.set()
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(running=len(self._active), waiting=0)
+
+    async def close(self) -> None:
+        for request_id in list(self._active):
+            await self.abort(request_id)
+        self.closed = True

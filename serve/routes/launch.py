@@ -1,0 +1,79 @@
+"""Steps shared by the completion and chat handlers: admit, start, collect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from serve.deps import ServerState
+from serve.engine import Engine, ModelCard
+from serve.errors import InvalidRequestError, ServiceUnavailableError
+from serve.generation import GenerationRun
+from serve.protocol import SamplingFields, Usage
+from serve.sampling import build_sampling, check_prompt_tokens
+
+
+def start_run(
+    *,
+    state: ServerState,
+    engine: Engine,
+    request: Request,
+    body: SamplingFields,
+    card: ModelCard,
+    prompts: Sequence[Sequence[int]],
+    prompt_param: str,
+    max_tokens: int | None,
+    default_max_tokens: int | None,
+    arrival: float,
+    prompt_for_log: str,
+) -> GenerationRun:
+    """Validate against the model, take an in-flight slot, and build the run (not started)."""
+    check_prompt_tokens(prompts, card, prompt_param)
+    sampling, n = build_sampling(body, card=card, longest_prompt=max(len(p) for p in prompts),
+                                 max_tokens=max_tokens, default_max_tokens=default_max_tokens,
+                                 max_n=state.settings.max_n)
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequestError("'stream_options' is only allowed with 'stream': true",
+                                  param="stream_options", code="invalid_value")
+    ticket = state.admission.admit(request.state.request_id)
+    detail = f" prompt={prompt_for_log!r}" if state.settings.log_prompts else ""
+    return GenerationRun(engine=engine, metrics=state.metrics, admission=state.admission,
+                         ticket=ticket, model=card.name, prompts=prompts, sampling=sampling,
+                         n=n, arrival=arrival, log_detail=detail)
+
+
+@dataclass
+class Collected:
+    """The full text and finish reason of every choice of a non-streaming request."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    finish: dict[int, str] = field(default_factory=dict)
+
+    def text(self, index: int) -> str:
+        return "".join(self.texts.get(index, ()))
+
+
+async def collect(run: GenerationRun) -> Collected:
+    """Drain `run`; a choice the engine aborted (shutdown) becomes a 503."""
+    out = Collected({i: [] for i in range(run.num_choices)})
+    async for delta in run.deltas():
+        out.texts[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            out.finish[delta.index] = delta.finish_reason
+    if any(reason == "abort" for reason in out.finish.values()):
+        raise ServiceUnavailableError("The request was aborted by the server (shutting down)",
+                                      code="aborted")
+    return out
+
+
+def usage_of(run: GenerationRun) -> Usage:
+    s = run.summary
+    return Usage(prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+                 total_tokens=s.prompt_tokens + s.completion_tokens)
+
+
+def arrival_time() -> float:
+    return time.monotonic()

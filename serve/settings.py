@@ -1,0 +1,136 @@
+"""Server settings: one frozen dataclass built by the CLI (or a test) and read by the app."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+API_KEY_ENV = "JAXTUNE_API_KEY"
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+
+
+class ServeConfigError(ValueError):
+    """The serve settings are inconsistent; the message says which option to change."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A full HF model folder served under `name` (a base model or a merged export)."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """A PEFT-format LoRA adapter folder served as model `name` on top of base model `base`."""
+
+    name: str
+    path: Path
+    base: str
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything the server needs; validated on construction.
+
+    `models[0]` is the primary model; LoRA adapters attach to the base they name.
+    `kv_cache_gib` and `memory_fraction` bound the memory of each vLLM engine (on CPU
+    `memory_fraction` is vLLM's `gpu_memory_utilization`, a fraction of RAM).
+    """
+
+    models: tuple[ModelSource, ...]
+    loras: tuple[LoraSource, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = field(default=None, repr=False)
+    max_in_flight: int = 256
+    max_n: int = 8
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    dtype: Dtype = "auto"
+    kv_cache_gib: float | None = None
+    memory_fraction: float = 0.9
+    enforce_eager: bool = False
+    max_lora_rank: int = 16
+    max_loras: int = 4
+    log_prompts: bool = False
+    drain_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ServeConfigError("at least one model is required (--model DIR)")
+        names = [m.name for m in self.models] + [lora.name for lora in self.loras]
+        for name in names:
+            if not _NAME_RE.match(name):
+                raise ServeConfigError(
+                    f"invalid model name {name!r}: use letters, digits and . _ : / -")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ServeConfigError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        bases = {m.name for m in self.models}
+        for lora in self.loras:
+            if lora.base not in bases:
+                raise ServeConfigError(
+                    f"LoRA {lora.name!r} names base {lora.base!r}, which is not served "
+                    f"(served: {', '.join(sorted(bases))})")
+        if self.dtype not in DTYPES:
+            raise ServeConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not 0 < self.port < 65536:
+            raise ServeConfigError(f"port must be in 1..65535, got {self.port}")
+        if self.max_in_flight < 1:
+            raise ServeConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.max_n < 1:
+            raise ServeConfigError(f"max_n must be >= 1, got {self.max_n}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ServeConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ServeConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ServeConfigError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
+        if not 0 < self.memory_fraction <= 1:
+            raise ServeConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        if self.drain_timeout_s < 0:
+            raise ServeConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ServeConfigError("api_key must not be empty")
+
+    @property
+    def primary(self) -> ModelSource:
+        """The first model: the default base for adapters and the name shown in logs."""
+        return self.models[0]
+
+
+def resolve_api_key(explicit: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The API key from the flag, else from the `JAXTUNE_API_KEY` environment variable."""
+    if explicit:
+        return explicit
+    value = (environ if environ is not None else os.environ).get(API_KEY_ENV, "")
+    return value or None
+
+
+def check_model_dir(path: Path) -> Path:
+    """Fail early with a clear message unless `path` looks like an HF model folder."""
+    if not path.is_dir():
+        raise ServeConfigError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ServeConfigError(f"{path} is not an HF model folder (no config.json)")
+    return path
+
+
+def check_lora_dir(path: Path) -> Path:
+    """Fail early unless `path` holds a PEFT adapter (adapter_config.json + weights)."""
+    if not path.is_dir():
+        raise ServeConfigError(f"LoRA adapter folder not found: {path}")
+    if not (path / "adapter_config.json").is_file():
+        raise ServeConfigError(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
+    if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ServeConfigError(f"{path} has no adapter_model.safetensors")
+    return path

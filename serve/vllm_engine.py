@@ -1,0 +1,235 @@
+"""The Engine protocol on vLLM's `AsyncLLM`: one engine per served model folder.
+
+Merged exports are separate base models (each its own `AsyncLLM`); LoRA adapters ride on their
+base's engine as `LoRARequest`s selected by name. vLLM is imported only when an engine is
+built, so the HTTP layer and its tests never need it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from serve.engine import (
+    ChatTemplateMissingError,
+    ChatTemplateRenderError,
+    EngineLoad,
+    EngineUnavailableError,
+    GenerationDelta,
+    GenerationRequest,
+    ModelCard,
+    UnknownModelError,
+)
+from serve.settings import LoraSource, ModelSource, ServeSettings
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+@dataclass
+class _Served:
+    """A base model's engine and tokenizer (adapters point at the same object)."""
+
+    engine: Any  # vllm.v1.engine.async_llm.AsyncLLM
+    tokenizer: Any
+    scheduler: _SchedulerStatsProbe
+
+
+@dataclass
+class _Route:
+    served: _Served
+    lora_request: Any | None  # vllm.lora.request.LoRARequest
+
+
+class _SchedulerStatsProbe:
+    """Holds the scheduler's last reported running/waiting counts.
+
+    Filled by a vLLM stat logger (see `_probe_factory`); vLLM only reports while it steps, so
+    the counts are combined with the frontend's exact unfinished-request count in `load()`.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+
+
+def _probe_factory(probe: _SchedulerStatsProbe):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _ProbeLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            if scheduler_stats is not None:
+                probe.running = scheduler_stats.num_running_reqs
+                probe.waiting = scheduler_stats.num_waiting_reqs
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _ProbeLogger
+
+
+def engine_args_for(source: ModelSource, settings: ServeSettings, *, enable_lora: bool) -> Any:
+    """The `AsyncEngineArgs` for one model folder under `settings`."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": str(source.path),
+        "tokenizer": str(source.path),
+        "served_model_name": source.name,
+        "dtype": settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": settings.memory_fraction,
+        "enforce_eager": settings.enforce_eager,
+        "disable_log_stats": True,  # our probe logger still receives scheduler stats
+        "enable_log_requests": False,
+        "max_num_seqs": settings.max_num_seqs,
+    }
+    if settings.kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=settings.max_lora_rank,
+                      max_loras=settings.max_loras)
+    return AsyncEngineArgs(**kwargs)
+
+
+class VllmEngine:
+    """`Engine` backed by one vLLM `AsyncLLM` per base model."""
+
+    def __init__(self, cards: Sequence[ModelCard], routes: Mapping[str, _Route],
+                 bases: Sequence[_Served]):
+        self._cards = tuple(cards)
+        self._routes = dict(routes)
+        self._bases = tuple(bases)
+        self._closed = False
+
+    @classmethod
+    async def start(cls, settings: ServeSettings) -> VllmEngine:
+        """Build every engine in `settings` (tens of seconds each on CPU)."""
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cards: list[ModelCard] = []
+        routes: dict[str, _Route] = {}
+        bases: list[_Served] = []
+        lora_ids = itertools.count(1)
+        try:
+            for source in settings.models:
+                adapters = [lo for lo in settings.loras if lo.base == source.name]
+                probe = _SchedulerStatsProbe()
+                started = time.monotonic()
+                logger.info("starting vLLM engine for %s (%s)", source.name, source.path)
+                engine = AsyncLLM.from_engine_args(
+                    engine_args_for(source, settings, enable_lora=bool(adapters)),
+                    stat_loggers=[_probe_factory(probe)])
+                served = _Served(engine, engine.get_tokenizer(), probe)
+                bases.append(served)
+                config = engine.model_config
+                created = int(time.time())
+                card = ModelCard(source.name, max_model_len=config.max_model_len,
+                                 vocab_size=config.get_vocab_size(), created=created)
+                cards.append(card)
+                routes[source.name] = _Route(served, None)
+                for adapter in adapters:
+                    routes[adapter.name] = _Route(served, _lora_request(LoRARequest, adapter,
+                                                                        next(lora_ids)))
+                    cards.append(ModelCard(adapter.name, max_model_len=card.max_model_len,
+                                           vocab_size=card.vocab_size, parent=source.name,
+                                           created=created))
+                for adapter in adapters:
+                    # Load now so a broken adapter fails at start-up, not on the first request.
+                    await engine.add_lora(routes[adapter.name].lora_request)
+                logger.info("engine for %s ready in %.1f s (max_model_len=%d, %d adapters)",
+                            source.name, time.monotonic() - started, card.max_model_len,
+                            len(adapters))
+        except BaseException:
+            for served in bases:
+                served.engine.shutdown()
+            raise
+        return cls(cards, routes, bases)
+
+    def models(self) -> Sequence[ModelCard]:
+        return self._cards
+
+    def _route(self, model: str) -> _Route:
+        route = self._routes.get(model)
+        if route is None:
+            raise UnknownModelError(model, [c.name for c in self._cards])
+        return route
+
+    async def encode(self, model: str, text: str, *, add_special_tokens: bool) -> list[int]:
+        tokenizer = self._route(model).served.tokenizer
+        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
+        tokenizer = self._route(model).served.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ChatTemplateMissingError(model)
+        try:
+            return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as exc:  # jinja2 errors, raise_exception() inside templates
+            raise ChatTemplateRenderError(f"The chat template of '{model}' rejected the "
+                                          f"messages: {exc}") from exc
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if self._closed:
+            raise EngineUnavailableError("the engine is shutting down")
+        route = self._route(request.model)
+        s = request.sampling
+        params = SamplingParams(
+            n=1, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+            seed=s.seed, stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty, ignore_eos=s.ignore_eos,
+            output_kind=RequestOutputKind.DELTA)
+        prompt = {"prompt_token_ids": list(request.prompt_token_ids)}
+        stream = route.served.engine.generate(prompt, params, request.request_id,
+                                              lora_request=route.lora_request)
+        try:
+            async for out in stream:
+                completion = out.outputs[0]
+                reason = completion.finish_reason if out.finished else None
+                yield GenerationDelta(completion.text, len(completion.token_ids),
+                                      _finish_reason(reason))
+        finally:
+            # Closing vLLM's generator early (client gone) aborts the request inside vLLM.
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        for served in self._bases:
+            await served.engine.abort(request_id)
+
+    def load(self) -> EngineLoad:
+        running = waiting = 0
+        for served in self._bases:
+            # The frontend count is exact (aborts remove requests at once); the scheduler's
+            # split between running and waiting is as of its last step.
+            total = served.engine.get_num_unfinished_requests()
+            queued = min(served.scheduler.waiting, total)
+            running += total - queued
+            waiting += queued
+        return EngineLoad(running, waiting)
+
+    async def close(self) -> None:
+        self._closed = True
+        for served in self._bases:
+            served.engine.shutdown()
+
+
+def _finish_reason(reason: str | None) -> Any:
+    if reason is None:
+        return None
+    return reason if reason in ("stop", "length") else "abort"
+
+
+def _lora_request(cls: Any, adapter: LoraSource, lora_id: int) -> Any:
+    return cls(lora_name=adapter.name, lora_int_id=lora_id, lora_path=str(adapter.path))
