@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 logger = logging.getLogger(__name__)
+
+_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class RunConfigError(ValueError):
@@ -28,6 +31,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise RunConfigError(f"override {text!r} must look like key=value or section.key=value")
+    if _NUMBER_RE.match(raw):
+        # PyYAML follows YAML 1.1, where "3e-5" (no dot) is a string; people mean a float.
+        return key.split("."), float(raw) if any(c in raw for c in ".eE") else int(raw)
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as exc:
