@@ -1,0 +1,1 @@
+"""Flax NNX Llama-family decoder: configuration, logical axes, modules."""

@@ -1,0 +1,237 @@
+"""A Llama-family decoder in Flax NNX (Llama 2/3, SmolLM2, Qwen2/2.5, Mistral).
+
+Read top to bottom: RoPE, RMSNorm, Linear (with optional LoRA), Attention, MLP, Block,
+LlamaForCausalLM. Shapes: B batch, T length, D hidden, N query heads, K kv heads,
+H head_dim, F mlp width, V vocab. Parameter names follow the Hugging Face checkpoint
+(`layers.0.self_attn.q_proj.kernel` is `model.layers.0.self_attn.q_proj.weight`.T), so the
+converter is a rename plus transpose.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from train_jax.model import axes
+from train_jax.model.config import LoraSpec, ModelConfig
+
+
+class LoraParam(nnx.Param):
+    """A LoRA adapter weight: trained in LoRA mode, merged into the base kernel on export."""
+
+
+def _param(value: jax.Array, logical_axes: axes.LogicalAxes, kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
+    # Logical names are plain metadata: train_jax.sharding maps them to mesh axes.
+    return kind(value, logical_axes=logical_axes)
+
+
+# --- RoPE -----------------------------------------------------------------------------------
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    """Inverse frequencies (H/2,), with llama3 or linear scaling applied as transformers does."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    scaling = cfg.rope_scaling_dict
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = jnp.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables (B, T, 1, H) for the given positions, in float32."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, H/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate (B, T, heads, H) by the "rotate half" convention of HF Llama."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)).astype(x.dtype)
+
+
+# --- Layers ---------------------------------------------------------------------------------
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, scaled in the input dtype (as transformers does)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        del rngs
+        self.eps = cfg.rms_norm_eps
+        self.scale = _param(jnp.ones((cfg.hidden_size,), cfg.param_dtype), (axes.NORM,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Linear(nnx.Module):
+    """y = x W + b, plus (alpha / r) * dropout(x) A B when LoRA targets this projection."""
+
+    def __init__(self, in_features: int, out_features: int, logical_axes: axes.LogicalAxes,
+                 cfg: ModelConfig, *, use_bias: bool, lora: LoraSpec | None, rngs: nnx.Rngs,
+                 init_std: float = 0.02):
+        self.dtype = jnp.dtype(cfg.dtype)
+        kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features))
+        self.kernel = _param(kernel.astype(cfg.param_dtype), logical_axes)
+        self.bias = (_param(jnp.zeros((out_features,), cfg.param_dtype), (logical_axes[1],))
+                     if use_bias else None)
+        self.lora_scale = lora.scale if lora else 0.0
+        if lora:
+            bound = 1.0 / math.sqrt(in_features)  # PEFT's kaiming-uniform(a=sqrt(5)) bound
+            a = jax.random.uniform(rngs.params(), (in_features, lora.rank), minval=-bound, maxval=bound)
+            self.lora_a = _param(a.astype(cfg.param_dtype), (logical_axes[0], axes.LORA_RANK), LoraParam)
+            self.lora_b = _param(jnp.zeros((lora.rank, out_features), cfg.param_dtype),
+                                 (axes.LORA_RANK, logical_axes[1]), LoraParam)
+            self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs) if lora.dropout > 0 else None
+        else:
+            self.lora_a = self.lora_b = self.lora_dropout = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            h = self.lora_dropout(x) if self.lora_dropout is not None else x
+            low_rank = (h @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
+            y = y + self.lora_scale * low_rank
+        return y
+
+
+def _lora_for(cfg: ModelConfig, name: str) -> LoraSpec | None:
+    return cfg.lora if cfg.lora is not None and name in cfg.lora.targets else None
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE; masks by causality and by packed segment."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+        bias = cfg.attention_bias
+
+        def linear(name, fan_in, fan_out, logical, use_bias):
+            return Linear(fan_in, fan_out, logical, cfg, use_bias=use_bias,
+                          lora=_lora_for(cfg, name), rngs=rngs)
+
+        self.q_proj = linear("q_proj", d, n * h, (axes.EMBED, axes.HEADS), bias)
+        self.k_proj = linear("k_proj", d, k * h, (axes.EMBED, axes.KV_HEADS), bias)
+        self.v_proj = linear("v_proj", d, k * h, (axes.EMBED, axes.KV_HEADS), bias)
+        self.o_proj = linear("o_proj", n * h, d, (axes.HEADS, axes.EMBED), False)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)  # (B, T, N, H)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)  # (B, T, K, H)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = axes.constrain(apply_rope(q, cos, sin), axes.ACT_BTNH)
+        k = axes.constrain(apply_rope(k, cos, sin), axes.ACT_BTKH)
+        v = axes.constrain(v, axes.ACT_BTKH)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # (B, T, N, H)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = Linear(d, f, (axes.EMBED, axes.MLP), cfg, use_bias=bias,
+                                lora=_lora_for(cfg, "gate_proj"), rngs=rngs)
+        self.up_proj = Linear(d, f, (axes.EMBED, axes.MLP), cfg, use_bias=bias,
+                              lora=_lora_for(cfg, "up_proj"), rngs=rngs)
+        self.down_proj = Linear(f, d, (axes.MLP, axes.EMBED), cfg, use_bias=bias,
+                                lora=_lora_for(cfg, "down_proj"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = axes.constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), axes.ACT_BTF)
+        return self.down_proj(hidden)
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return axes.constrain(x, axes.ACT_BTD)
+
+
+def _run_block(block: Block, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    return block(x, cos, sin, mask)
+
+
+def attention_mask(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """Boolean (B, 1, T, T): causal, and within one packed segment when `segment_ids` is given.
+
+    Padding (segment 0) attends to padding, so no softmax row is empty; its loss is masked.
+    """
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+    if segment_ids is None:
+        return jnp.broadcast_to(causal, (batch, 1, length, length))
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return causal & same
+
+
+class LlamaForCausalLM(nnx.Module):
+    """The decoder with its LM head; `__call__` returns float32 logits (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        embedding = 0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = nnx.Dict(
+            embedding=_param(embedding.astype(cfg.param_dtype), (axes.VOCAB, axes.EMBED)))
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg, rngs=rngs)
+        self.lm_head = (None if cfg.tie_word_embeddings else
+                        Linear(cfg.hidden_size, cfg.vocab_size, (axes.EMBED, axes.VOCAB), cfg,
+                               use_bias=False, lora=None, rngs=rngs))
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+        mask = attention_mask(segment_ids, b, t)
+        table = self.embed_tokens["embedding"][...]
+        x = axes.constrain(jnp.take(table, input_ids, axis=0).astype(dtype), axes.ACT_BTD)
+        run_block = nnx.remat(_run_block) if cfg.remat else _run_block
+        for block in self.layers:
+            x = run_block(block, x, cos, sin, mask)
+        x = self.norm(x)
+        if self.lm_head is None:
+            logits = x @ table.astype(dtype).T
+        else:
+            logits = self.lm_head(x)
+        return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised model (std 0.02 normal kernels, unit norms, zero LoRA B)."""
+    return LlamaForCausalLM(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
