@@ -57,6 +57,7 @@ _TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 1
 _TOPOLOGY_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
                 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
 
+_SMALL_3D_CHIPS = (4, 8, 16, 32)
 _TYPE_RE = re.compile(r"^(?P<gen>[a-z0-9]+)-(?P<n>\d+)$")
 
 
@@ -101,11 +102,13 @@ def parse_tpu_type(accelerator_type: str, topology: str | None = None) -> TpuSli
         if chips not in gen.valid_chips:
             sizes = ", ".join(f"{gen.name}-{c * gen.cores_per_chip}" for c in gen.valid_chips)
             raise TpuTypeError(f"invalid TPU type {accelerator_type!r}: valid sizes are {sizes}")
-    elif chips % gen.chips_per_host or not 0 < chips <= gen.max_chips:
-        step = gen.chips_per_host * gen.cores_per_chip
+    elif chips not in _SMALL_3D_CHIPS and (chips % 64 or not 0 < chips <= gen.max_chips):
+        # 3D slices: 2x2x1, 2x2x2, 2x2x4, 2x4x4, then every dimension a multiple of 4.
+        c = gen.cores_per_chip
         raise TpuTypeError(
-            f"invalid TPU type {accelerator_type!r}: N must be a multiple of {step} between "
-            f"{step} and {gen.max_chips * gen.cores_per_chip} (e.g. {gen.name}-{2 * step})"
+            f"invalid TPU type {accelerator_type!r}: {gen.name} sizes are "
+            f"{', '.join(f'{gen.name}-{n * c}' for n in _SMALL_3D_CHIPS)} and multiples of "
+            f"{gen.name}-{64 * c} up to {gen.name}-{gen.max_chips * c}"
         )
     if chips in gen.single_host_chips:
         hosts, per_host = 1, chips
@@ -136,6 +139,11 @@ def _topology(gen: Generation, chips: int, topology: str | None, name: str) -> s
         example = "4x4x8" if gen.topology_dims == 3 else "4x8"
         raise TpuTypeError(f"invalid topology {topology!r} for {gen.name}: expected "
                            f"{gen.topology_dims} dimensions like {example}")
+    if gen.topology_dims == 3 and not (
+            sorted(dims) in ([1, 2, 2], [2, 2, 2], [2, 2, 4], [2, 4, 4])
+            or all(d % 4 == 0 for d in dims)):
+        raise TpuTypeError(f"invalid topology {topology!r} for {gen.name}: use 2x2x1, 2x2x2, "
+                           "2x2x4, 2x4x4 or dimensions that are all multiples of 4")
     if math.prod(dims) != chips:
         raise TpuTypeError(f"topology {topology!r} has {math.prod(dims)} chips but {name} has "
                            f"{chips}")

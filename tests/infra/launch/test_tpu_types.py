@@ -40,9 +40,12 @@ def test_explicit_topology_for_sizes_without_default():
 @pytest.mark.parametrize(
     ("name", "topology", "message"),
     [
-        ("v5p-12", None, "multiple of 8"),
+        ("v5p-12", None, "v5p sizes are v5p-8, v5p-16, v5p-32, v5p-64 and multiples of v5p-128"),
+        ("v5p-24", None, "v5p sizes are"),
+        ("v5p-136", None, "multiples of v5p-128"),
+        ("v5p-384", "2x2x48", "dimensions that are all multiples of 4"),
         ("v5p-17", None, "must be even"),
-        ("v4-16384", None, "between 8 and 8192"),
+        ("v4-16384", None, "up to v4-8192"),
         ("v5litepod-12", None, "valid sizes are v5litepod-1, v5litepod-4"),
         ("v6e-2", None, "valid sizes are"),
         ("v5e-16", None, "named v5litepod-N"),
