@@ -191,9 +191,12 @@ class VllmEngine:
             seed=s.seed, stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty, ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA)
-        prompt = {"prompt_token_ids": list(request.prompt_token_ids)}
-        stream = route.served.engine.generate(prompt, params, request.request_id,
-                                              lora_request=route.lora_request)
+        engine = route.served.engine
+        # The renderer turns token ids into vLLM's engine input (its non-deprecated path).
+        (prompt,) = engine.renderer.render_cmpl(
+            [{"prompt_token_ids": list(request.prompt_token_ids)}])
+        stream = engine.generate(prompt, params, request.request_id,
+                                 lora_request=route.lora_request)
         try:
             async for out in stream:
                 completion = out.outputs[0]
@@ -223,6 +226,10 @@ class VllmEngine:
         self._closed = True
         for served in self._bases:
             served.engine.shutdown()
+        # Drop the engines now: vLLM's __del__ shuts down again, which fails noisily if it
+        # only runs at interpreter exit.
+        self._bases = ()
+        self._routes.clear()
 
 
 def _finish_reason(reason: str | None) -> Any:

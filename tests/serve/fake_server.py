@@ -1,0 +1,68 @@
+"""Helpers for route tests: an app on the fake engine, and a real uvicorn server around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from serve.app import create_app
+from serve.engine import ModelCard
+from serve.fake_engine import FakeEngine
+from serve.settings import ModelSource, ServeSettings
+
+FAKE_MODEL = "fake"
+CONTEXT = 64
+VOCAB = 1000
+
+
+def fake_settings(**overrides) -> ServeSettings:
+    fields = {"models": (ModelSource(FAKE_MODEL, Path("/nonexistent/fake")),)}
+    fields.update(overrides)
+    return ServeSettings(**fields)
+
+
+def fake_engine(**kwargs) -> FakeEngine:
+    return FakeEngine((ModelCard(FAKE_MODEL, max_model_len=CONTEXT, vocab_size=VOCAB),),
+                      **kwargs)
+
+
+def fake_app(engine: FakeEngine | None = None, **overrides) -> tuple[FastAPI, FakeEngine]:
+    """An app serving `engine` (default: one fake model, context 64, vocab 1000)."""
+    engine = engine or fake_engine()
+
+    async def factory(_settings: ServeSettings) -> FakeEngine:
+        return engine
+
+    return create_app(fake_settings(**overrides), factory), engine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def running_server(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in this event loop; yield its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("uvicorn did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
