@@ -64,9 +64,9 @@ def spec_from_args(args: argparse.Namespace) -> GkeJobSpec:
     if args.max_restarts < 0:
         raise GkeLaunchError("--max-restarts must be >= 0")
     run_config = load_run_config(args.config, args.overrides)
-    common = dict(name=args.name, image=args.image, run_config=run_config,
-                  namespace=args.namespace, max_restarts=args.max_restarts,
-                  service_account=args.service_account)
+    common = {"name": args.name, "image": args.image, "run_config": run_config,
+              "namespace": args.namespace, "max_restarts": args.max_restarts,
+              "service_account": args.service_account}
     if args.accelerator == "tpu":
         if not args.tpu_type:
             raise GkeLaunchError("--accelerator tpu needs --tpu-type (e.g. v5p-16)")

@@ -122,8 +122,8 @@ def test_out_file_and_apply_through_kubectl(tmp_path, monkeypatch):
     ("argv", "message"),
     [
         (["--accelerator", "tpu"], "needs --tpu-type"),
-        (["--accelerator", "tpu", "--tpu-type", "v5p-16", "--nodes", "2"], "apply to "
-                                                                          "--accelerator gpu"),
+        (["--accelerator", "tpu", "--tpu-type", "v5p-16", "--nodes", "2"],
+         "apply to --accelerator gpu"),
         (["--accelerator", "gpu", "--tpu-type", "v5p-16"], "apply to --accelerator tpu"),
         (["--accelerator", "gpu", "--nodes", "0"], "must be >= 1"),
         (["--accelerator", "tpu", "--tpu-type", "v5p-24"], "invalid TPU type"),

@@ -17,7 +17,7 @@ from infra.cli import main
 from infra.launch.tpu_plan import TpuLaunchSpec, build_plan
 from infra.launch.tpu_types import parse_tpu_type
 from tests.infra.golden_files import assert_matches_golden
-from train_jax.distributed import resolve, DistributedConfig
+from train_jax.distributed import DistributedConfig, resolve
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = "tests/infra/golden/run_config.yaml"
@@ -68,7 +68,7 @@ def test_rendered_train_env_reaches_distributed_resolution():
     train_argv = build_plan(spec)[-1].argv
     remote = next(a for a in train_argv if a.startswith("--command="))[len("--command="):]
     words = shlex.split(remote)
-    env = dict(w.split("=", 1) for w in words[: words.index(f"jaxtune-venv/bin/jaxtune")])
+    env = dict(w.split("=", 1) for w in words[: words.index("jaxtune-venv/bin/jaxtune")])
     plan = resolve(DistributedConfig(), env)
     assert plan.mode == "tpu_auto" and plan.expected_processes == 4
 
