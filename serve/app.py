@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.admission import Admission
+from serve.auth import ApiKeyMiddleware
 from serve.deps import ServerState
 from serve.engine import Engine
 from serve.errors import install_exception_handlers
@@ -55,7 +56,11 @@ def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = N
     install_exception_handlers(app)
     for router in (system.router, models.router, completions.router, chat.router):
         app.include_router(router)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    # Added last = outermost: every request is counted, including those auth turns away.
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=known_paths)
     return app
 
 
@@ -77,9 +82,10 @@ class RequestMetricsMiddleware:
     """Gives each request an id (or keeps the client's `X-Request-Id`) and counts it by route
     and final status. Plain ASGI, so streaming responses and disconnects pass untouched."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics):
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, known_paths: frozenset[str]):
         self.app = app
         self.metrics = metrics
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,5 +106,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = getattr(route, "path", None) or scope["path"]
+            if endpoint not in self.known_paths:
+                endpoint = "unmatched"  # bounded label values, whatever clients request
             self.metrics.http_requests.labels(endpoint, str(status)).inc()

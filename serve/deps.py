@@ -1,8 +1,7 @@
-"""FastAPI dependencies: the server state, the engine, and the API-key check."""
+"""FastAPI dependencies: the server state and the engine."""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -10,7 +9,7 @@ from fastapi import Depends, Request
 
 from serve.admission import Admission
 from serve.engine import Engine
-from serve.errors import AuthenticationError, ServiceUnavailableError
+from serve.errors import ServiceUnavailableError
 from serve.metrics import ServerMetrics
 from serve.settings import ServeSettings
 
@@ -43,18 +42,3 @@ def get_engine(state: StateDep) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-def require_api_key(request: Request, state: StateDep) -> None:
-    """401 unless the request carries `Authorization: Bearer <api key>` (when a key is set)."""
-    expected = state.settings.api_key
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    # compare_digest on bytes: constant time whatever the token, so it leaks nothing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             expected.encode()):
-        raise AuthenticationError(
-            "Missing or invalid API key: send 'Authorization: Bearer <key>'",
-            code="invalid_api_key")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve.deps import EngineDep, StateDep, require_api_key
+from serve.deps import EngineDep, StateDep
 from serve.engine import find_model
 from serve.errors import error_chunk, stream_error
 from serve.generation import GenerationRun
@@ -30,7 +30,7 @@ from serve.streaming import (
     unless_disconnected,
 )
 
-router = APIRouter(tags=["chat"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["chat"])
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve.deps import EngineDep, StateDep, require_api_key
+from serve.deps import EngineDep, StateDep
 from serve.engine import Engine, find_model
 from serve.errors import InvalidRequestError, error_chunk, stream_error
 from serve.generation import GenerationRun
@@ -29,7 +29,7 @@ from serve.streaming import (
     unless_disconnected,
 )
 
-router = APIRouter(tags=["completions"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["completions"])
 
 # OpenAI's legacy completions default; chat defaults to the rest of the context instead.
 DEFAULT_COMPLETION_MAX_TOKENS = 16

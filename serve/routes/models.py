@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from serve.deps import EngineDep, require_api_key
+from serve.deps import EngineDep
 from serve.protocol import ModelList, ModelObject
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", response_model=ModelList)

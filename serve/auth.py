@@ -1,0 +1,50 @@
+"""Optional bearer API key on `/v1/*`, checked before anything else looks at the request."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve.errors import AuthenticationError
+
+PROTECTED_PREFIX = "/v1/"
+
+
+def key_matches(authorization: str, expected: str) -> bool:
+    """True if `authorization` is ``Bearer <expected>``; constant time in the token."""
+    scheme, _, token = authorization.partition(" ")
+    # compare_digest on bytes takes the same time wherever the tokens differ.
+    same = hmac.compare_digest(token.strip().encode(), expected.encode())
+    return scheme.lower() == "bearer" and same
+
+
+class ApiKeyMiddleware:
+    """Answers 401 (OpenAI error body) to `/v1/*` requests without the right bearer key.
+
+    A middleware rather than a route dependency so that an unauthenticated client learns
+    nothing, not even whether its body would have validated. `/health`, `/ready` and
+    `/metrics` stay open for probes and scrapers.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self._key = api_key
+        error = AuthenticationError("Missing or invalid API key: send 'Authorization: Bearer "
+                                    "<key>'", code="invalid_api_key")
+        self._body = json.dumps(error.body()).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        if key_matches(given, self._key):
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+            (b"content-length", str(len(self._body)).encode())]})
+        await send({"type": "http.response.body", "body": self._body})
