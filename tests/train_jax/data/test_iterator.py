@@ -28,6 +28,10 @@ def take(iterator, n):
     return [row_ids(next(iterator)) for _ in range(n)]
 
 
+def flat(batches) -> list[int]:
+    return [x for batch in batches for x in batch]
+
+
 def test_resume_mid_epoch_yields_exactly_the_remaining_sequence():
     data = fake_split(23)
     reference = BatchIterator(data, 4, seed=7)
@@ -43,10 +47,10 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_sequence():
 
 def test_every_epoch_is_a_permutation_and_epochs_differ():
     it = BatchIterator(fake_split(12), 3, seed=1)
-    epochs = [sum(take(it, 4), []) for _ in range(3)]
+    epochs = [flat(take(it, 4)) for _ in range(3)]
     assert all(sorted(e) == list(range(12)) for e in epochs)
     assert epochs[0] != epochs[1]
-    assert sum(take(BatchIterator(fake_split(12), 3, seed=1), 4), []) == epochs[0]
+    assert flat(take(BatchIterator(fake_split(12), 3, seed=1), 4)) == epochs[0]
 
 
 def test_num_epochs_stops_with_full_batches_only():
@@ -60,7 +64,7 @@ def test_hosts_take_disjoint_slices_of_the_same_global_batch():
     hosts = [BatchIterator(data, 2, seed=3, shard_index=i, shard_count=3) for i in range(3)]
     single = BatchIterator(data, 6, seed=3)
     for _ in range(7):
-        assert sum((row_ids(next(h)) for h in hosts), []) == row_ids(next(single))
+        assert flat(row_ids(next(h)) for h in hosts) == row_ids(next(single))
 
 
 def test_state_from_other_data_is_rejected():
@@ -73,7 +77,7 @@ def test_mixture_follows_weights_and_resumes_exactly():
     sources = [fake_split(50, offset=0), fake_split(20, offset=1000)]
     reference = MixtureIterator(sources, [3, 1], 8, seed=5)
     expected = take(reference, 30)
-    drawn = np.array(sum(expected, []))
+    drawn = np.array(flat(expected))
     share = float(np.mean(drawn < 1000))
     assert 0.65 < share < 0.85  # 240 seeded draws at p = 0.75
     first = MixtureIterator(sources, [3, 1], 8, seed=5)
@@ -91,7 +95,7 @@ def test_mixture_hosts_partition_the_global_batch():
              for i in range(2)]
     single = MixtureIterator(sources, [1, 1], 6, seed=2)
     for _ in range(10):
-        assert sum((row_ids(next(h)) for h in hosts), []) == row_ids(next(single))
+        assert flat(row_ids(next(h)) for h in hosts) == row_ids(next(single))
 
 
 def test_mixture_rejects_mismatched_row_lengths():
