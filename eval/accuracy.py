@@ -1,0 +1,229 @@
+"""The accuracy suite: prompt a served model on a task file, score every answer, summarise.
+
+Prompts come from the task modules (the same rendering training uses): ``structured``
+prompts go to /v1/completions as raw text; ``chat`` messages (zero- or few-shot, for untuned
+chat baselines) go to /v1/chat/completions where the server applies the model's chat template.
+Requests run at a chosen concurrency and their latency is recorded too (accuracy under load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from eval.cache import GenerationCache
+from eval.client import ClientConfig, Endpoint, OpenAIClient, Prompt, RequestOutcome, SamplingParams
+from eval.latency_stats import summarise as summarise_latency
+from eval.stats import estimate
+from eval.tasks import get_task, prompting
+from eval.tasks.records import PROMPT_STYLES, PromptStyle, TaskExample
+from eval.tasks.scoring import ExampleScore
+
+logger = logging.getLogger(__name__)
+
+
+class AccuracyConfigError(ValueError):
+    """The accuracy settings are inconsistent; the message says which option to change."""
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """What to evaluate and how to prompt.
+
+    `endpoint` defaults from `style` (structured -> completions, chat -> chat). With
+    `shots` > 0 the shots come from `shot_data`, or else from the first `shots` examples of
+    `data`, which are then not evaluated.
+    """
+
+    task: str
+    data: Path
+    style: PromptStyle = "structured"
+    endpoint: Endpoint | None = None
+    shots: int = 0
+    shot_data: Path | None = None
+    limit: int | None = None
+    max_tokens: int | None = None
+    skip_bad_rows: bool = False
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # raises on an unknown task name
+        if self.style not in PROMPT_STYLES:
+            raise AccuracyConfigError(f"style must be one of {PROMPT_STYLES}, got {self.style!r}")
+        if self.style == "chat" and self.endpoint == "completions":
+            raise AccuracyConfigError("the chat style needs the chat endpoint (the server applies "
+                                      "the model's chat template); use --endpoint chat")
+        if self.shots and self.style != "chat":
+            raise AccuracyConfigError("few-shot prompting needs --style chat (structured prompts "
+                                      "are for tuned models and take no shots)")
+        if self.limit is not None and self.limit < 1:
+            raise AccuracyConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise AccuracyConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def resolved_endpoint(self) -> Endpoint:
+        if self.endpoint is not None:
+            return self.endpoint
+        return "chat" if self.style == "chat" else "completions"
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    """One evaluated example: what was sent, what came back, how it scored."""
+
+    index: int
+    source: str
+    prompt: Prompt
+    prediction: str
+    gold: str
+    parsed: str | None
+    scores: dict[str, float | None]
+    errors: dict[str, str]
+    outcome: RequestOutcome
+
+    def to_dict(self) -> dict[str, Any]:
+        latency = self.outcome.to_dict()
+        latency.pop("text")
+        return {"index": self.index, "source": self.source, "prompt": self.prompt,
+                "prediction": self.prediction, "gold": self.gold, "parsed": self.parsed,
+                "scores": self.scores, "correct": self.scores.get(_primary_metric(self.scores)),
+                "errors": self.errors, "request": latency}
+
+
+def _primary_metric(scores: dict[str, float | None]) -> str:
+    return next(iter(scores))
+
+
+def load_task_examples(config: AccuracyConfig) -> tuple[list[TaskExample], list[TaskExample]]:
+    """(examples to evaluate, few-shot examples) per `config`."""
+    task = get_task(config.task)
+    examples, skipped = task.load_examples(config.data, skip_bad_rows=config.skip_bad_rows)
+    for error in skipped:
+        logger.warning("skipped bad row: %s", error)
+    shots: list[TaskExample] = []
+    if config.shots:
+        if config.shot_data is not None:
+            pool, _ = task.load_examples(config.shot_data, skip_bad_rows=config.skip_bad_rows)
+            shots = prompting.pick_shots(pool, config.shots)
+        else:
+            shots = prompting.pick_shots(examples, config.shots)
+            examples = examples[config.shots:]
+    if config.limit is not None:
+        examples = examples[:config.limit]
+    if not examples:
+        raise AccuracyConfigError(f"{config.data}: no examples left to evaluate")
+    return examples, shots
+
+
+def build_prompt(task: ModuleType, example: TaskExample, style: PromptStyle,
+                 shots: list[TaskExample]) -> Prompt:
+    """The request prompt: structured text or chat messages."""
+    if style == "structured":
+        return task.structured_prompt(example)
+    return task.chat_messages(example, shots)
+
+
+def sampling_for(task: ModuleType, config: AccuracyConfig) -> SamplingParams:
+    """Greedy decoding with the task's answer budget; structured prompts stop at a new question."""
+    stop = (prompting.QUESTION_START,) if config.style == "structured" else ()
+    return SamplingParams(max_tokens=config.max_tokens or task.MAX_NEW_TOKENS, stop=stop)
+
+
+def _score(task: ModuleType, example: TaskExample, outcome: RequestOutcome) -> ExampleScore:
+    if outcome.ok:
+        return task.score(outcome.text, example)
+    # A failed request is a wrong answer; its kind is kept so reports can tell them apart.
+    values = {m.name: 0.0 for m in task.METRICS}
+    return ExampleScore(values=values, parsed=None,
+                        errors={m.name: f"request_{outcome.error_kind}" for m in task.METRICS})
+
+
+async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
+                   progress: bool = True) -> tuple[list[ExampleResult], float]:
+    """Send every example, score the answers; returns (results in input order, wall seconds)."""
+    task = get_task(config.task)
+    examples, shots = load_task_examples(config)
+    params = sampling_for(task, config)
+    prompts = [build_prompt(task, ex, config.style, shots) for ex in examples]
+    bar = tqdm(total=len(examples), desc=f"eval {config.task}", unit="ex", disable=not progress)
+
+    async def one(index: int) -> ExampleResult:
+        outcome = await client.generate(prompts[index], params)
+        example = examples[index]
+        # SQL execution runs SQLite: keep it off the event loop so timing stays honest.
+        scored = await asyncio.to_thread(_score, task, example, outcome)
+        bar.update(1)
+        return ExampleResult(index=index, source=example.source, prompt=prompts[index],
+                             prediction=outcome.text, gold=example.target, parsed=scored.parsed,
+                             scores=dict(scored.values), errors=dict(scored.errors), outcome=outcome)
+
+    start = time.perf_counter()
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(len(examples))))
+    finally:
+        bar.close()
+    return list(results), time.perf_counter() - start
+
+
+def summarise(config: AccuracyConfig, client_config: ClientConfig,
+              results: list[ExampleResult], duration_s: float) -> dict[str, Any]:
+    """The results.json content: metric estimates, error counts, latency of the same requests."""
+    task = get_task(config.task)
+    metrics = {m.name: {**estimate([r.scores[m.name] for r in results], m.kind).to_dict(),
+                        "kind": m.kind, "description": m.description} for m in task.METRICS}
+    errors: dict[str, dict[str, int]] = {}
+    for metric in task.METRICS:
+        counts: dict[str, int] = {}
+        for result in results:
+            kind = result.errors.get(metric.name)
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
+        errors[metric.name] = dict(sorted(counts.items()))
+    config_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    client_dict = asdict(replace(client_config, api_key=None))
+    client_dict.pop("api_key")
+    return {
+        "kind": "accuracy",
+        "task": config.task,
+        "model": client_config.model,
+        "config": {**config_dict, "endpoint": config.resolved_endpoint},
+        "client": client_dict,
+        "n_examples": len(results),
+        "metrics": metrics,
+        "errors_by_kind": errors,
+        "latency": summarise_latency([r.outcome for r in results], duration_s),
+    }
+
+
+def run_accuracy(config: AccuracyConfig, client_config: ClientConfig, out_dir: str | Path | None,
+                 *, cache_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the accuracy suite and (if `out_dir`) write results.json, examples.jsonl, report.md, PNG.
+
+    Returns the summary dict that results.json holds.
+    """
+    if client_config.endpoint != config.resolved_endpoint:
+        client_config = replace(client_config, endpoint=config.resolved_endpoint)
+    cache = GenerationCache(cache_path) if cache_path else None
+
+    async def main() -> tuple[list[ExampleResult], float]:
+        async with OpenAIClient(client_config, cache) as client:
+            return await evaluate(config, client, progress=progress)
+
+    try:
+        results, duration = asyncio.run(main())
+    finally:
+        if cache is not None:
+            cache.close()
+    summary = summarise(config, client_config, results, duration)
+    if out_dir is not None:
+        from eval.report_accuracy import write_accuracy_report
+
+        write_accuracy_report(Path(out_dir), summary, results)
+    return summary

@@ -1,0 +1,62 @@
+"""`jaxtune eval accuracy`: task accuracy of a served model (optionally under load)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from eval.accuracy import AccuracyConfig, run_accuracy
+from eval.cli_common import add_endpoint_arguments, client_config_from_args, positive_int
+from eval.client import ENDPOINTS
+from eval.tasks import TASK_NAMES
+from eval.tasks.records import PROMPT_STYLES
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `jaxtune eval accuracy`."""
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
+    parser.add_argument("--data", required=True, type=Path,
+                        help="task file in its native format (ViGGO CSV; SQL/GSM8K JSONL)")
+    add_endpoint_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--concurrency", type=positive_int, default=8,
+                        help="requests in flight (default 8); latency is recorded at this load")
+    parser.add_argument("--style", choices=PROMPT_STYLES, default="structured",
+                        help="structured (tuned models, /v1/completions) or chat (chat template, "
+                             "/v1/chat/completions; for baselines) (default structured)")
+    parser.add_argument("--endpoint", choices=ENDPOINTS,
+                        help="override the endpoint implied by --style")
+    parser.add_argument("--shots", type=int, default=0,
+                        help="few-shot examples for --style chat (default 0)")
+    parser.add_argument("--shot-data", type=Path,
+                        help="file to take shots from (default: the first K rows of --data, "
+                             "which are then not evaluated)")
+    parser.add_argument("--max-tokens", type=positive_int,
+                        help="answer token budget (default: the task's)")
+    parser.add_argument("--cache", type=Path,
+                        help="SQLite file caching generations by (model, prompt, parameters)")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip malformed data rows (logged) instead of failing")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the accuracy suite and print where the report is."""
+    config = AccuracyConfig(task=args.task, data=args.data, style=args.style,
+                            endpoint=args.endpoint, shots=args.shots, shot_data=args.shot_data,
+                            limit=args.limit, max_tokens=args.max_tokens,
+                            skip_bad_rows=args.skip_bad_rows)
+    client = client_config_from_args(args, endpoint=config.resolved_endpoint,
+                                     concurrency=args.concurrency)
+    summary = run_accuracy(config, client, args.out, cache_path=args.cache)
+    for name, metric in summary["metrics"].items():
+        print(f"{name}: {metric['value']:.3f} [{metric['low']:.3f}, {metric['high']:.3f}] "
+              f"(n={metric['n']})")
+    failed = summary["latency"]["errors"]
+    if failed:
+        print(f"{failed} requests failed: {summary['latency']['errors_by_kind']}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0

@@ -1,0 +1,94 @@
+"""Files of an accuracy run: results.json, examples.jsonl, report.md and accuracy.png."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from eval.accuracy import ExampleResult
+
+RESULTS_FILE = "results.json"
+EXAMPLES_FILE = "examples.jsonl"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def latency_table(latency: dict[str, Any]) -> list[str]:
+    """Markdown rows of the latency distributions (ms) of a summary."""
+    rows = ["| metric | n | mean | p50 | p90 | p95 | p99 |", "|---|---|---|---|---|---|---|"]
+    for key, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"),
+                       ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E (ms)")):
+        d = latency[key]
+        rows.append(f"| {label} | {d['n']} | {_ms(d['mean'])} | {_ms(d['p50'])} | "
+                    f"{_ms(d['p90'])} | {_ms(d['p95'])} | {_ms(d['p99'])} |")
+    return rows
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """report.md of an accuracy run."""
+    cfg = summary["config"]
+    lines = [f"# Accuracy: {summary['task']} on `{summary['model']}`", "",
+             f"- data: `{cfg['data']}` ({summary['n_examples']} examples evaluated)",
+             f"- prompt style: {cfg['style']}, endpoint: {cfg['endpoint']}, shots: {cfg['shots']}",
+             f"- server: {summary['client']['base_url']}, concurrency "
+             f"{summary['client']['concurrency']}", "",
+             "| metric | value | 95% CI | n | not scorable | CI method |",
+             "|---|---|---|---|---|---|"]
+    for name, m in summary["metrics"].items():
+        lines.append(f"| {name} | {m['value']:.3f} | [{m['low']:.3f}, {m['high']:.3f}] | "
+                     f"{m['n']} | {m['n_unscorable']} | {m['method']} |")
+    lines += ["", "## Failures by kind", ""]
+    any_error = False
+    for name, counts in summary["errors_by_kind"].items():
+        if counts:
+            any_error = True
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not any_error:
+        lines.append("- none")
+    lat = summary["latency"]
+    lines += ["", "## Latency of the same requests", "",
+              f"{lat['completed']} timed requests ({lat['cached']} from cache, {lat['errors']} "
+              f"failed) in {lat['duration_s']:.1f} s; "
+              f"{(lat['request_throughput'] or 0):.2f} req/s, "
+              f"{(lat['output_throughput_tok_s'] or 0):.1f} output tok/s.", ""]
+    lines += latency_table(lat)
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(path: Path, title: str, metrics: dict[str, dict[str, Any]]) -> None:
+    """Bar chart of metric values with 95% CI error bars."""
+    names = list(metrics)
+    values = [metrics[n]["value"] for n in names]
+    lower = [metrics[n]["value"] - metrics[n]["low"] for n in names]
+    upper = [metrics[n]["high"] - metrics[n]["value"] for n in names]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
+    ax.bar(names, values, yerr=[lower, upper], capsize=6, color="#4c72b0")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (95% CI)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_accuracy_report(out_dir: Path, summary: dict[str, Any],
+                          results: Sequence[ExampleResult]) -> None:
+    """Write the four files of an accuracy run into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+    with open(out_dir / EXAMPLES_FILE, "w", encoding="utf-8") as handle:
+        for result in results:
+            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(summary))
+    plot_metrics(out_dir / "accuracy.png", f"{summary['task']}: {summary['model']}",
+                 summary["metrics"])

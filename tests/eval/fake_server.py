@@ -1,0 +1,108 @@
+"""A fake OpenAI-compatible server with injected delays and failures, for eval tests.
+
+Streams one chunk per word of its answer: the first after `ttft_s`, each next one after
+`itl_s`, then a usage chunk and ``[DONE]``. The answer is looked up by prompt (or last user
+message) in `answers`, else `default_answer`. Markers in the prompt inject failures:
+``[[500]]`` -> HTTP 500, ``[[hang]]`` -> no answer for 60 s, ``[[cut]]`` -> the stream stops
+without ``[DONE]`` after one chunk and the connection is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+@dataclass
+class FakeBehaviour:
+    ttft_s: float = 0.0
+    itl_s: float = 0.0
+    default_answer: str = "one two three four five"
+    answers: dict[str, str] = field(default_factory=dict)
+    requests_seen: int = 0
+
+
+def _prompt_key(body: dict) -> str:
+    if "prompt" in body:
+        return body["prompt"]
+    return [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+
+
+def create_fake_app(behaviour: FakeBehaviour) -> FastAPI:
+    app = FastAPI()
+
+    async def handle(request: Request, chat: bool):
+        behaviour.requests_seen += 1
+        body = await request.json()
+        key = _prompt_key(body)
+        if "[[500]]" in key:
+            return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
+        answer = behaviour.answers.get(key, behaviour.default_answer)
+        words = answer.split(" ")
+        if body.get("max_tokens"):
+            words = words[: body["max_tokens"]]
+
+        def chunk(text: str) -> str:
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
+                      else {"index": 0, "text": text, "finish_reason": None})
+            return "data: " + json.dumps({"choices": [choice]}) + "\n\n"
+
+        async def stream():
+            await asyncio.sleep(behaviour.ttft_s)
+            if "[[hang]]" in key:
+                await asyncio.sleep(60)
+            for i, word in enumerate(words):
+                if i:
+                    await asyncio.sleep(behaviour.itl_s)
+                yield chunk(word if i == 0 else " " + word)
+                if "[[cut]]" in key:
+                    raise RuntimeError("injected connection drop")
+            usage = {"prompt_tokens": 3, "completion_tokens": len(words),
+                     "total_tokens": 3 + len(words)}
+            yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    return app
+
+
+@contextmanager
+def run_fake_server(behaviour: FakeBehaviour) -> Iterator[str]:
+    """Serve the fake app on 127.0.0.1 in a background thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_fake_app(behaviour), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("fake server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
