@@ -1,0 +1,61 @@
+"""The one mapping between Flax parameter paths and Hugging Face tensor names.
+
+Flax paths mirror HF names: `('layers', 0, 'self_attn', 'q_proj', 'kernel')` is
+`model.layers.0.self_attn.q_proj.weight` transposed (kernels are (in, out), HF weights are
+(out, in)); embeddings, norms and biases are stored as-is. LoRA leaves (`lora_a` (in, r),
+`lora_b` (r, out)) have no HF base name; `peft_name` gives their PEFT adapter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from flax import nnx, traverse_util
+
+from train_jax.model.config import ModelConfig
+from train_jax.model.llama import LlamaForCausalLM
+
+Path = tuple[Any, ...]
+LORA_LEAVES = ("lora_a", "lora_b")
+
+
+def hf_name(path: Path) -> tuple[str, bool]:
+    """(HF tensor name, whether the array is transposed between the two layouts)."""
+    *parents, leaf = (str(p) for p in path)
+    if leaf in LORA_LEAVES:
+        raise ValueError(f"LoRA leaf {'.'.join(map(str, path))} has no HF base tensor name")
+    prefix = "" if parents and parents[0] == "lm_head" else "model."
+    if leaf == "embedding":
+        return prefix + ".".join(parents) + ".weight", False
+    if leaf == "scale":
+        return prefix + ".".join(parents) + ".weight", False
+    if leaf == "kernel":
+        return prefix + ".".join(parents) + ".weight", True
+    if leaf == "bias":
+        return prefix + ".".join(parents) + ".bias", False
+    raise ValueError(f"no HF name for parameter {'.'.join(map(str, path))}")
+
+
+def peft_name(path: Path) -> str:
+    """PEFT adapter tensor name of a LoRA leaf (A and B are stored transposed)."""
+    *parents, leaf = (str(p) for p in path)
+    which = {"lora_a": "lora_A", "lora_b": "lora_B"}[leaf]
+    return "base_model.model.model." + ".".join(parents) + f".{which}.weight"
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[Path, jax.ShapeDtypeStruct]:
+    """Flat {path: ShapeDtypeStruct} of the model's parameters, without allocating them."""
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    return flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+
+
+def flatten(params: Mapping[str, Any]) -> dict[Path, Any]:
+    """Flat {path tuple: leaf} view of a nested params dict."""
+    return traverse_util.flatten_dict(params)
+
+
+def unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    """Nested params dict from a flat {path tuple: leaf} mapping."""
+    return traverse_util.unflatten_dict(dict(flat))
