@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from infra.launch.gke_manifest import GkeJobSpec, GpuNodes, render_manifests, to_yaml
-from infra.launch.run_config import load_run_config
 from infra.launch.tpu_types import parse_tpu_type
+from train_jax.config.run_config import load_raw_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def spec_from_args(args: argparse.Namespace) -> GkeJobSpec:
                              "starting with a letter, at most 40 characters")
     if args.max_restarts < 0:
         raise GkeLaunchError("--max-restarts must be >= 0")
-    run_config = load_run_config(args.config, args.overrides)
+    # Validated by the training config loader; embedded as the resolved mapping.
+    run_config = load_raw_run_config(args.config, args.overrides)
     common = {"name": args.name, "image": args.image, "run_config": run_config,
               "namespace": args.namespace, "max_restarts": args.max_restarts,
               "service_account": args.service_account}

@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from infra.launch.run_config import load_run_config
+from infra.launch.run_inputs import collect_run_inputs
 from infra.launch.tpu_plan import Step, TpuLaunchSpec, build_plan
 from infra.launch.tpu_types import parse_tpu_type
+from train_jax.config.run_config import load_raw_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zone", required=True, help="GCP zone, e.g. us-east5-a")
     parser.add_argument("--config", required=True, help="run config YAML (as for jaxtune train)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides passed to jaxtune train; point the run "
-                             "directory at GCS (gs://...) so checkpoints outlive the TPU")
+                        help="config overrides passed to jaxtune train; multi-host slices "
+                             "need run_dir=gs://... (one shared place for checkpoints)")
     parser.add_argument("--project", help="GCP project (default: gcloud's configured one)")
     parser.add_argument("--name", help="TPU / queued resource name (default: jaxtune-USER-TYPE)")
     parser.add_argument("--queued", action="store_true",
                         help="request a queued resource instead of creating the VM directly")
     parser.add_argument("--spot", action="store_true", help="use Spot (preemptible) capacity")
+    parser.add_argument("--reuse", action="store_true",
+                        help="the TPU NAME already exists: skip creation, reinstall and train")
     parser.add_argument("--runtime-version", help="TPU VM software version (default per "
                                                   "generation, e.g. v2-alpha-tpuv5 for v5p)")
     parser.add_argument("--source", default=".", help="jaxtune source tree to ship (default: .)")
@@ -83,12 +86,20 @@ def spec_from_args(args: argparse.Namespace) -> TpuLaunchSpec:
                           "starting with a letter, at most 63 characters")
     if not _ZONE_RE.match(args.zone):
         raise LaunchError(f"invalid --zone {args.zone!r}: expected a zone such as us-east5-a")
-    load_run_config(args.config, args.overrides)  # fail here, not on the TPU
+    # The training config loader validates here: a typo costs an error, not a TPU hour.
+    raw = load_raw_run_config(args.config, args.overrides)
+    run_dir = str(raw.get("run_dir", ""))
+    if tpu.multi_host and not (run_dir.startswith("gs://") or Path(run_dir).is_absolute()):
+        raise LaunchError(
+            f"run_dir {run_dir!r} would be a separate local folder on each of the {tpu.hosts} "
+            "hosts, and a multi-host checkpoint needs one shared place: pass "
+            "run_dir=gs://BUCKET/PATH (or an absolute path on a shared file system)")
     return TpuLaunchSpec(
         name=name, zone=args.zone, tpu=tpu, config_path=args.config,
         overrides=tuple(args.overrides), wheel_name=_wheel_name(), source_dir=args.source,
         dist_dir=args.dist_dir, project=args.project, queued=args.queued, spot=args.spot,
         runtime_version=args.runtime_version, python=sys.executable, delete=args.delete,
+        reuse=args.reuse, inputs=collect_run_inputs(raw),
     )
 
 

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
+from infra.launch.run_inputs import RunInputs
 from infra.launch.tpu_types import TpuSlice
 from train_jax.distributed import ENV_TPU_HOSTS
 
-REMOTE_DIR = "/tmp/jaxtune"  # on every worker: the wheel and the run config land here
-REMOTE_VENV = "jaxtune-venv"  # relative to the ssh login directory (the user's home)
+# On every worker: the wheel, the run config and the run's local inputs (at the same relative
+# paths as here) land in REMOTE_DIR, which is also the working directory of `jaxtune train`.
+REMOTE_DIR = "/tmp/jaxtune"
+REMOTE_VENV = f"{REMOTE_DIR}/venv"
 PYTHON_VERSION = "3.11"
 
 
@@ -38,7 +41,9 @@ class TpuLaunchSpec:
     spot: bool = False
     runtime_version: str | None = None  # default: the generation's runtime
     python: str = "python3"
+    inputs: RunInputs = RunInputs((), ())
     delete: bool = False
+    reuse: bool = False  # the TPU already exists: skip creation, only wait for it
 
     @property
     def runtime(self) -> str:
@@ -68,14 +73,18 @@ def _common_flags(spec: TpuLaunchSpec) -> list[str]:
     return flags
 
 
-def _ssh_all(spec: TpuLaunchSpec, *commands: list[str], env: dict[str, str] | None = None
-             ) -> tuple[str, ...]:
+def _ssh_all(spec: TpuLaunchSpec, *commands: list[str]) -> tuple[str, ...]:
     """`gcloud ... ssh --worker=all` running `commands` one after another on every worker."""
     remote = " && ".join(shlex.join(argv) for argv in commands)
-    if env:
-        remote = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + remote
     return ("gcloud", "compute", "tpus", "tpu-vm", "ssh", spec.name, *_common_flags(spec),
             "--worker=all", f"--command={remote}")
+
+
+def _scp_all(spec: TpuLaunchSpec, sources: list[str], remote_dir: str, recurse: bool = False
+             ) -> tuple[str, ...]:
+    flags = ["--recurse"] if recurse else []
+    return ("gcloud", "compute", "tpus", "tpu-vm", "scp", *flags, *sources,
+            f"{spec.name}:{remote_dir}/", *_common_flags(spec), "--worker=all")
 
 
 def create_steps(spec: TpuLaunchSpec) -> list[Step]:
@@ -111,13 +120,36 @@ def build_step(spec: TpuLaunchSpec) -> Step:
                 "build the jaxtune wheel")
 
 
-def install_steps(spec: TpuLaunchSpec) -> list[Step]:
-    """Copy the wheel and the run config to every worker and install them there."""
+def _remote_parent(path: str) -> str:
+    parent = str(PurePosixPath(path).parent)
+    return REMOTE_DIR if parent == "." else f"{REMOTE_DIR}/{parent}"
+
+
+def staging_steps(spec: TpuLaunchSpec) -> list[Step]:
+    """Make the staging directories and copy the wheel, the config and the run's inputs."""
     wheel = str(PurePosixPath(spec.dist_dir) / spec.wheel_name)
-    remote_wheel = f"{REMOTE_DIR}/{spec.wheel_name}"
-    mkdir = _ssh_all(spec, ["mkdir", "-p", REMOTE_DIR])
-    scp = ("gcloud", "compute", "tpus", "tpu-vm", "scp", wheel, spec.config_path,
-           f"{spec.name}:{REMOTE_DIR}/", *_common_flags(spec), "--worker=all")
+    files_by_dir: dict[str, list[str]] = {}
+    for path in spec.inputs.files:
+        files_by_dir.setdefault(_remote_parent(path), []).append(path)
+    dirs = dict.fromkeys([REMOTE_DIR, *files_by_dir,
+                          *(_remote_parent(p) for p in spec.inputs.folders)])
+    steps = [
+        Step("run", _ssh_all(spec, ["mkdir", "-p", *dirs]),
+             "make the staging directories on every worker"),
+        Step("run", _scp_all(spec, [wheel, spec.config_path], REMOTE_DIR),
+             "copy the wheel and the run config to every worker"),
+    ]
+    for remote_dir, paths in files_by_dir.items():
+        steps.append(Step("run", _scp_all(spec, paths, remote_dir),
+                          f"copy {', '.join(paths)} to every worker"))
+    for folder in spec.inputs.folders:
+        steps.append(Step("run", _scp_all(spec, [folder], _remote_parent(folder), recurse=True),
+                          f"copy the folder {folder} to every worker"))
+    return steps
+
+
+def install_step(spec: TpuLaunchSpec) -> Step:
+    """Install jaxtune[train] and jax[tpu] into a Python 3.11 venv on every worker."""
     # TPU VM images ship Python 3.10 and jaxtune needs >= 3.11: uv provides a managed
     # interpreter in a venv, so nothing of the image's Python is touched.
     install = _ssh_all(
@@ -126,21 +158,18 @@ def install_steps(spec: TpuLaunchSpec) -> list[Step]:
         ["python3", "-m", "uv", "venv", "--allow-existing", "--python", PYTHON_VERSION,
          REMOTE_VENV],
         ["python3", "-m", "uv", "pip", "install", "--python", f"{REMOTE_VENV}/bin/python",
-         "jax[tpu]", f"{remote_wheel}[train]"],
+         "jax[tpu]", f"{REMOTE_DIR}/{spec.wheel_name}[train]"],
     )
-    return [
-        Step("run", mkdir, "make the staging directory on every worker"),
-        Step("run", scp, "copy the wheel and the run config to every worker"),
-        Step("run", install, "install jaxtune[train] and jax[tpu] on every worker"),
-    ]
+    return Step("run", install, "install jaxtune[train] and jax[tpu] on every worker")
 
 
 def train_step(spec: TpuLaunchSpec) -> Step:
     """`jaxtune train` on all workers at once; gcloud streams every worker's output here."""
     remote_config = f"{REMOTE_DIR}/{PurePosixPath(spec.config_path).name}"
-    argv = [f"{REMOTE_VENV}/bin/jaxtune", "train", "--config", remote_config, *spec.overrides]
-    env = {ENV_TPU_HOSTS: str(spec.tpu.hosts)} if spec.tpu.multi_host else None
-    return Step("run", _ssh_all(spec, argv, env=env),
+    train = [f"{REMOTE_VENV}/bin/jaxtune", "train", "--config", remote_config, *spec.overrides]
+    if spec.tpu.multi_host:
+        train = ["env", f"{ENV_TPU_HOSTS}={spec.tpu.hosts}", *train]
+    return Step("run", _ssh_all(spec, ["cd", REMOTE_DIR], train),
                 f"train on {spec.tpu.hosts} host(s) ({spec.tpu.chips} chips)")
 
 
@@ -157,7 +186,11 @@ def delete_step(spec: TpuLaunchSpec) -> Step:
 
 def build_plan(spec: TpuLaunchSpec) -> list[Step]:
     """All steps of a launch, in the order they run."""
-    steps = [build_step(spec), *create_steps(spec), *install_steps(spec), train_step(spec)]
+    create = create_steps(spec)
+    if spec.reuse:
+        create = [step for step in create if step.kind == "wait"]
+    steps = [build_step(spec), *create, *staging_steps(spec), install_step(spec),
+             train_step(spec)]
     if spec.delete:
         steps.append(delete_step(spec))
     return steps

@@ -36,7 +36,7 @@ def _pod_spec(jobset: dict) -> dict:
 
 def test_tpu_jobset_golden_and_valid(capsys):
     text = _dry_run(capsys, "--accelerator", "tpu", "--tpu-type", "v5p-16", "--config", CONFIG,
-                    "train.learning_rate=3e-5", "--name", "viggo-tpu")
+                    "optimizer.learning_rate=3e-5", "--name", "viggo-tpu")
     assert_matches_golden("gke_tpu_v5p-16.yaml", text)
     config_map, jobset = yaml.safe_load_all(text)
     for obj in (config_map, jobset):
@@ -48,7 +48,7 @@ def test_tpu_jobset_golden_and_valid(capsys):
                                    "cloud.google.com/gke-tpu-topology": "2x2x2"}
     assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
     embedded = yaml.safe_load(config_map["data"]["run.yaml"])
-    assert embedded["train"]["learning_rate"] == 3e-5  # the override, as a float
+    assert embedded["optimizer"]["learning_rate"] == 3e-5  # the override, as a float
     assert embedded["model"] == yaml.safe_load(Path(CONFIG).read_text())["model"]
 
 
@@ -129,6 +129,7 @@ def test_out_file_and_apply_through_kubectl(tmp_path, monkeypatch):
         (["--accelerator", "tpu", "--tpu-type", "v5p-24"], "invalid TPU type"),
         (["--accelerator", "gpu", "--name", "x" * 41], "at most 40 characters"),
         (["--accelerator", "gpu", "train.=1"], "must look like key=value"),
+        (["--accelerator", "gpu", "mesh.fsdp=0"], "mesh sizes must be >= 1"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(capsys, argv, message):

@@ -44,7 +44,7 @@ def no_subprocess(monkeypatch):
 
 def test_dry_run_tpu_vm_golden(capsys, no_subprocess):
     out = _dry_run(capsys, "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config", CONFIG,
-                   "train.learning_rate=3e-5", "run_dir=gs://my-bucket/runs/viggo",
+                   "optimizer.learning_rate=3e-5", "run_dir=gs://my-bucket/runs/viggo-v5p16",
                    "--name", "jaxtune-viggo", "--delete")
     assert_matches_golden("tpu_v5p-16_dry_run.txt", out)
 
@@ -68,9 +68,31 @@ def test_rendered_train_env_reaches_distributed_resolution():
     train_argv = build_plan(spec)[-1].argv
     remote = next(a for a in train_argv if a.startswith("--command="))[len("--command="):]
     words = shlex.split(remote)
-    env = dict(w.split("=", 1) for w in words[: words.index("jaxtune-venv/bin/jaxtune")])
+    assert words[:3] == ["cd", "/tmp/jaxtune", "&&"] and words[3] == "env"
+    end = next(i for i, w in enumerate(words[4:], 4) if "=" not in w)
+    env = dict(w.split("=", 1) for w in words[4:end])
+    assert words[end:end + 2] == ["/tmp/jaxtune/venv/bin/jaxtune", "train"]
     plan = resolve(DistributedConfig(), env)
     assert plan.mode == "tpu_auto" and plan.expected_processes == 4
+
+
+def test_multi_host_needs_a_shared_run_dir(capsys, no_subprocess):
+    assert main(["launch", "tpu", "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config",
+                 CONFIG, "run_dir=runs/local", "--dry-run"]) == 1
+    assert "run_dir=gs://BUCKET/PATH" in capsys.readouterr().err
+    # One host has nothing to share with: a local run_dir is fine there.
+    assert main(["launch", "tpu", "--tpu-type", "v5p-8", "--zone", "us-east5-a", "--config",
+                 CONFIG, "run_dir=runs/local", "--dry-run"]) == 0
+
+
+def test_the_configs_local_inputs_are_shipped_to_the_same_relative_paths(capsys, no_subprocess):
+    lines = _dry_run(capsys, "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config", CONFIG,
+                     "--name", "ship").splitlines()
+    assert "/tmp/jaxtune/data/viggo" in lines[3]  # mkdir on every worker
+    data_scp = shlex.split(lines[5])
+    assert data_scp[5:8] == ["data/viggo/train.csv", "data/viggo/valid.csv",
+                             "ship:/tmp/jaxtune/data/viggo/"]
+    assert "cd /tmp/jaxtune &&" in lines[-1]  # so the relative paths resolve there
 
 
 @pytest.mark.parametrize(
@@ -80,6 +102,7 @@ def test_rendered_train_env_reaches_distributed_resolution():
         (["--tpu-type", "v5p-16", "--name", "Bad_Name"], "invalid --name 'Bad_Name'"),
         (["--tpu-type", "v5p-16", "--zone", "useast"], "invalid --zone 'useast'"),
         (["--tpu-type", "v5p-16", "--config", "missing.yaml"], "missing.yaml does not exist"),
+        (["--tpu-type", "v5p-16", "train.stepz=3"], "unknown key train.stepz"),
         (["--tpu-type", "v5p-16", "lr"], "override 'lr' must look like key=value"),
     ],
 )
@@ -156,7 +179,7 @@ def fake_cloud(tmp_path, monkeypatch):
 
 def _launch_args(fake_cloud) -> list[str]:
     return ["launch", "tpu", "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config", CONFIG,
-            "train.epochs=2", "--name", "run1", "--source", str(fake_cloud["source"]),
+            "train.steps=20", "--name", "run1", "--source", str(fake_cloud["source"]),
             "--dist-dir", str(fake_cloud["dist"]), "--delete", "--poll-seconds", "0"]
 
 
@@ -185,3 +208,11 @@ def test_failed_training_still_deletes_the_tpu(fake_cloud, monkeypatch, capsys):
     calls = _gcloud_calls(fake_cloud["log"])
     assert calls[-1][:4] == ["compute", "tpus", "tpu-vm", "delete"]
     assert any("jaxtune train" in " ".join(c) for c in calls[:-1])
+
+
+def test_reuse_skips_creation_but_still_waits(capsys, no_subprocess):
+    out = _dry_run(capsys, "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config", CONFIG,
+                   "--name", "kept", "--reuse")
+    lines = out.splitlines()
+    assert not any(" create " in line for line in lines)
+    assert " describe kept " in lines[1] and " train " in lines[-1]
