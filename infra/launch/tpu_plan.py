@@ -9,7 +9,7 @@ built with `shlex.join`.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
 
@@ -41,7 +41,7 @@ class TpuLaunchSpec:
     spot: bool = False
     runtime_version: str | None = None  # default: the generation's runtime
     python: str = "python3"
-    inputs: RunInputs = RunInputs((), ())
+    inputs: RunInputs = field(default_factory=lambda: RunInputs((), ()))
     delete: bool = False
     reuse: bool = False  # the TPU already exists: skip creation, only wait for it
 
