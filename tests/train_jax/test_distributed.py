@@ -84,10 +84,15 @@ def test_initialize_on_a_single_process_does_nothing(monkeypatch):
 
 
 WORKER = """
-import json
+import json, sys
 from train_jax.distributed import DistributedConfig, initialize
-initialize(DistributedConfig(initialization_timeout_s=60))
-initialize()  # idempotent: a second call must not try to connect again
+if len(sys.argv) > 1:  # settings from a run config file + overrides, as `jaxtune train` reads them
+    from train_jax.config.run_config import load_run_config
+    cfg = load_run_config(sys.argv[1], sys.argv[2:]).distributed
+else:  # settings from the environment
+    cfg = DistributedConfig(initialization_timeout_s=60)
+initialize(cfg)
+initialize(cfg)  # idempotent: a second call must not try to connect again
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -113,30 +118,17 @@ def _rendered_env(nodes: int) -> list[dict]:
     return pod["spec"]["containers"][0]["env"]
 
 
-def test_two_local_processes_join_through_the_rendered_gpu_env(tmp_path):
-    rendered = _rendered_env(nodes=2)
-    port = _free_port()
-    procs = []
-    for index in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   PYTHONPATH=str(REPO))
-        for var in rendered:
-            if "value" in var:
-                value = var["value"]
-                if var["name"] == "JAX_COORDINATOR_ADDRESS":
-                    # The pod-0 DNS name only resolves in the cluster; keep the rendered port
-                    # shape and point it at this machine.
-                    assert value == "jt-workers-0-0.jt:1234"
-                    value = f"127.0.0.1:{port}"
-            else:
-                # The kubelet fills this from the pod's completion index.
-                assert var["valueFrom"]["fieldRef"]["fieldPath"] == COMPLETION_INDEX_FIELD
-                value = str(index)
-            env[var["name"]] = value
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], env=env, cwd=tmp_path,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(REPO))
+    return env
+
+
+def _run_pair(envs: list[dict[str, str]], argvs: list[list[str]], cwd: Path) -> list[dict]:
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, *argv], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for env, argv in zip(envs, argvs, strict=True)]
     results = []
     try:
         for proc in procs:
@@ -147,9 +139,44 @@ def test_two_local_processes_join_through_the_rendered_gpu_env(tmp_path):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    return results
+
+
+def _assert_one_job_of_two(results: list[dict]) -> None:
     assert sorted(r["index"] for r in results) == [0, 1]
     for r in results:
         assert r["count"] == 2
         assert r["devices"] == 4  # 2 local CPU devices in each of the 2 processes
         assert r["gathered"] == [1, 11]  # each process's value, in process order
         assert r["total"] == 4.0
+
+
+def test_two_local_processes_join_through_the_rendered_gpu_env(tmp_path):
+    rendered = _rendered_env(nodes=2)
+    port = _free_port()
+    envs = []
+    for index in range(2):
+        env = _base_env()
+        for var in rendered:
+            if "value" in var:
+                value = var["value"]
+                if var["name"] == "JAX_COORDINATOR_ADDRESS":
+                    # The pod-0 DNS name only resolves in the cluster; point it at this machine.
+                    assert value == "jt-workers-0-0.jt:1234"
+                    value = f"127.0.0.1:{port}"
+            else:
+                # The kubelet fills this from the pod's completion index.
+                assert var["valueFrom"]["fieldRef"]["fieldPath"] == COMPLETION_INDEX_FIELD
+                value = str(index)
+            env[var["name"]] = value
+        envs.append(env)
+    _assert_one_job_of_two(_run_pair(envs, [[], []], tmp_path))
+
+
+def test_two_local_processes_join_through_run_config_settings(tmp_path):
+    config = REPO / "tests" / "infra" / "golden" / "run_config.yaml"
+    port = _free_port()
+    argvs = [[str(config), f"distributed.coordinator_address=127.0.0.1:{port}",
+              "distributed.num_processes=2", f"distributed.process_id={index}",
+              "distributed.initialization_timeout_s=60"] for index in range(2)]
+    _assert_one_job_of_two(_run_pair([_base_env(), _base_env()], argvs, tmp_path))
