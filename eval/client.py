@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 
@@ -145,7 +145,7 @@ class OpenAIClient:
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         self._http = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
 
-    async def __aenter__(self) -> OpenAIClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

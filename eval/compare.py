@@ -14,10 +14,10 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from eval.report_accuracy import EXAMPLES_FILE, RESULTS_FILE  # noqa: E402
-from eval.stats import mcnemar  # noqa: E402
+from eval.report_accuracy import EXAMPLES_FILE, RESULTS_FILE
+from eval.stats import mcnemar
 
 
 class CompareError(ValueError):
@@ -84,8 +84,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     runs = result["runs"]
     metric_names = list(runs[0]["metrics"])
     lines = [f"# Compare: {result['task']}", "",
-             f"{len(runs)} runs, {result['paired_examples']} examples in common; "
-             f"baseline `{runs[0]['name']}`.", "",
+             (f"{len(runs)} runs, {result['paired_examples']} examples in common; "
+             f"baseline `{runs[0]['name']}`."), "",
              "| run | model | style | shots | " + " | ".join(metric_names) + " |",
              "|---|---|---|---|" + "---|" * len(metric_names)]
     for run in runs:
@@ -100,8 +100,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         for test in tests:
             lines.append(f"| {metric} | {test['run']} | {test['only_a']} | {test['only_b']} | "
                          f"{test['n_pairs']} | {test['p_value']:.4g} |")
-    lines += ["", "Metric values are over each run's own examples; the test uses only the "
-              "examples common to both runs."]
+    lines += ["", ("Metric values are over each run's own examples; the test uses only the "
+              "examples common to both runs.")]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:
     from eval.accuracy import ExampleResult
@@ -40,8 +40,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Accuracy: {summary['task']} on `{summary['model']}`", "",
              f"- data: `{cfg['data']}` ({summary['n_examples']} examples evaluated)",
              f"- prompt style: {cfg['style']}, endpoint: {cfg['endpoint']}, shots: {cfg['shots']}",
-             f"- server: {summary['client']['base_url']}, concurrency "
-             f"{summary['client']['concurrency']}", "",
+             (f"- server: {summary['client']['base_url']}, concurrency "
+             f"{summary['client']['concurrency']}"), "",
              "| metric | value | 95% CI | n | not scorable | CI method |",
              "|---|---|---|---|---|---|"]
     for name, m in summary["metrics"].items():
@@ -57,10 +57,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines.append("- none")
     lat = summary["latency"]
     lines += ["", "## Latency of the same requests", "",
-              f"{lat['completed']} timed requests ({lat['cached']} from cache, {lat['errors']} "
+              (f"{lat['completed']} timed requests ({lat['cached']} from cache, {lat['errors']} "
               f"failed) in {lat['duration_s']:.1f} s; "
               f"{(lat['request_throughput'] or 0):.2f} req/s, "
-              f"{(lat['output_throughput_tok_s'] or 0):.1f} output tok/s.", ""]
+              f"{(lat['output_throughput_tok_s'] or 0):.1f} output tok/s."), ""]
     lines += latency_table(lat)
     return "\n".join(lines) + "\n"
 
@@ -87,8 +87,7 @@ def write_accuracy_report(out_dir: Path, summary: dict[str, Any],
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
     with open(out_dir / EXAMPLES_FILE, "w", encoding="utf-8") as handle:
-        for result in results:
-            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(result.to_dict(), ensure_ascii=False) + "\n" for result in results)
     (out_dir / "report.md").write_text(render_markdown(summary))
     plot_metrics(out_dir / "accuracy.png", f"{summary['task']}: {summary['model']}",
                  summary["metrics"])

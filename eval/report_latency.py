@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from eval.report_accuracy import latency_table  # noqa: E402
+from eval.report_accuracy import latency_table
 
 _METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
 _PERCENTILES = ("p50", "p90", "p95", "p99")
@@ -22,13 +22,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     prompts = cfg["prompts_file"] or f"{cfg['input_words']} random words"
     lines = [f"# Latency: `{result['model']}` at {result['client']['base_url']}", "",
-             f"- {cfg['num_requests']} requests per level after {cfg['warmup']} warm-up "
+             (f"- {cfg['num_requests']} requests per level after {cfg['warmup']} warm-up "
              f"requests; {cfg['output_tokens']} output tokens (ignore_eos={cfg['ignore_eos']}); "
              f"prompts: {prompts}; "
-             f"seed {cfg['seed']}",
+             f"seed {cfg['seed']}"),
              f"- SLO: {cfg['slo']}", "",
-             "| level | completed | errors | req/s | output tok/s | goodput req/s | "
-             "TTFT p50 | TPOT p50 | ITL p50 | E2E p50 |",
+             ("| level | completed | errors | req/s | output tok/s | goodput req/s | "
+             "TTFT p50 | TPOT p50 | ITL p50 | E2E p50 |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for lv in result["levels"]:
         goodput = lv.get("goodput")
@@ -101,8 +101,7 @@ def write_latency_report(out_dir: Path, result: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "requests.jsonl", "w", encoding="utf-8") as handle:
         for lv in result["levels"]:
-            for record in lv["requests_detail"]:
-                handle.write(json.dumps({"level": lv["label"], **record}) + "\n")
+            handle.writelines(json.dumps({"level": lv["label"], **record}) + "\n" for record in lv["requests_detail"])
     slim = {**result, "levels": [{k: v for k, v in lv.items() if k != "requests_detail"}
                                  for lv in result["levels"]]}
     (out_dir / "results.json").write_text(json.dumps(slim, indent=2))
