@@ -9,6 +9,7 @@ prints the commands, one per line, and runs nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import importlib.metadata
 import logging
@@ -22,12 +23,13 @@ from pathlib import Path
 from infra.launch.run_inputs import collect_run_inputs
 from infra.launch.tpu_plan import Step, TpuLaunchSpec, build_plan
 from infra.launch.tpu_types import parse_tpu_type
-from train_jax.config.run_config import load_raw_run_config
+from train_jax.config.run_config import RunConfig, load_raw_run_config
 
 logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+_DEFAULT_RUN_DIR = next(f.default for f in dataclasses.fields(RunConfig) if f.name == "run_dir")
 
 
 class LaunchError(ValueError):
@@ -88,7 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> TpuLaunchSpec:
         raise LaunchError(f"invalid --zone {args.zone!r}: expected a zone such as us-east5-a")
     # The training config loader validates here: a typo costs an error, not a TPU hour.
     raw = load_raw_run_config(args.config, args.overrides)
-    run_dir = str(raw.get("run_dir", ""))
+    run_dir = str(raw.get("run_dir") or _DEFAULT_RUN_DIR)
     if tpu.multi_host and not (run_dir.startswith("gs://") or Path(run_dir).is_absolute()):
         raise LaunchError(
             f"run_dir {run_dir!r} would be a separate local folder on each of the {tpu.hosts} "
