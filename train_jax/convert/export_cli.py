@@ -1,0 +1,48 @@
+"""`jaxtune export --checkpoint CKPT_DIR --out HF_DIR`: jaxtune checkpoint -> HF folder."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from train_jax.convert.dtypes import DTYPE_ALIASES
+from train_jax.convert.errors import ConversionError
+from train_jax.convert.hf_export import DEFAULT_MAX_SHARD_BYTES, export_checkpoint
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """`2GB`, `500MB`, `1.5GiB`, `4096` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use e.g. 2GB, 500MB, 1GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `jaxtune export`."""
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT_DIR",
+                        help="jaxtune checkpoint (from `jaxtune model import` or training)")
+    parser.add_argument("--out", type=Path, metavar="HF_DIR", help="HF folder to write (LoRA merged)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_ALIASES), default=None,
+                        help="weight dtype (default: the base model's; fp16 only when asked)")
+    parser.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
+    parser.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES,
+                        help="shard safetensors above this size (default 2GiB)")
+    parser.add_argument("--peft-adapter", type=Path, default=None, metavar="DIR",
+                        help="also (or, without --out, only) write LoRA adapters as a PEFT folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export; prints what was written."""
+    if args.out is None and args.peft_adapter is None:
+        raise ConversionError("give --out HF_DIR and/or --peft-adapter DIR")
+    start = time.perf_counter()
+    export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, step=args.step,
+                      max_shard_bytes=args.max_shard_size, peft_adapter_dir=args.peft_adapter)
+    written = " and ".join(str(p) for p in (args.out, args.peft_adapter) if p is not None)
+    print(f"exported {args.checkpoint} -> {written} in {time.perf_counter() - start:.1f}s")
+    return 0
