@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -23,6 +24,7 @@ LEAKED = "leaked_into_val"
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # dedup, split and leakage ask for the same inputs
 def normalize_text(text: str) -> str:
     """Case-, width-, punctuation- and whitespace-insensitive form used for near-duplicates."""
     text = unicodedata.normalize("NFKC", text).casefold()
@@ -47,8 +49,8 @@ class CleaningResult:
 def clean_samples(samples: Sequence[Sample], *, dedup: bool = True) -> CleaningResult:
     """Drop samples with an empty/whitespace-only field, then exact and normalised duplicates.
 
-    A duplicate is a sample whose whole conversation (input and target) repeats an earlier
-    one; the first occurrence is kept. "Normalised" compares `normalize_text` forms.
+    A duplicate is a sample whose text fields (all inputs and the target; every message of
+    chat data) repeat an earlier one; the first occurrence is kept. "Normalised" compares `normalize_text` forms.
     """
     result = CleaningResult(kept=[])
     seen_exact: set[tuple[str, ...]] = set()
@@ -58,9 +60,8 @@ def clean_samples(samples: Sequence[Sample], *, dedup: bool = True) -> CleaningR
             result.drop(EMPTY_FIELD, sample.source)
             continue
         if dedup:
-            exact = tuple(m["role"] + "\x00" + m["content"] for m in sample.messages) + (
-                sample.prompt,)
-            norm = tuple(normalize_text(part) for part in exact)
+            exact = tuple(value for _, value in sample.fields)
+            norm = tuple(normalize_text(value) for value in exact)
             if exact in seen_exact:
                 result.drop(DUPLICATE_EXACT, sample.source)
                 continue

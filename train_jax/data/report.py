@@ -164,9 +164,14 @@ def _plot_lengths(path: Path, stats: Mapping[str, SplitStats], max_length: int) 
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
+    # Pre-binned stairs draw one artist per split instead of one patch per bar.
+    all_lengths = [n for s in stats.values() for n in s.lengths]
+    edges = np.histogram_bin_edges(all_lengths or [0, 1], bins=60)
     for name, s in stats.items():
         if s.lengths:
-            ax.hist(s.lengths, bins=50, alpha=0.6, label=f"{name} ({len(s.lengths)} examples)")
+            counts, _ = np.histogram(s.lengths, bins=edges)
+            ax.stairs(counts, edges, fill=True, alpha=0.6,
+                      label=f"{name} ({len(s.lengths)} examples)")
     ax.axvline(max_length, color="red", linestyle="--", label=f"max length {max_length}")
     ax.set_xlabel("tokens per example (prompt + completion + EOS)")
     ax.set_ylabel("examples")

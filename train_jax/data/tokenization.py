@@ -50,6 +50,14 @@ def load_tokenizer(model: str | Path) -> Any:
     return tokenizer
 
 
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # The Rust tokenizer directly: what `tokenizer(texts, add_special_tokens=False)` runs, minus
+    # building Python offset/mask lists we do not use (a third of the time on short rows).
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 def leading_special_ids(tokenizer: Any) -> list[int]:
     """Ids the tokenizer puts before a text by itself (e.g. BOS for Llama tokenizers)."""
     with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -75,7 +83,7 @@ def tokenize_pieces(
               mininterval=1.0) as bar:
         for start in range(0, len(texts), TOKENIZE_BATCH):
             batch = texts[start:start + TOKENIZE_BATCH]
-            ids_per_text.extend(tokenizer(batch, add_special_tokens=False)["input_ids"])
+            ids_per_text.extend(_encode_batch(tokenizer, batch))
             bar.update(len(batch))
     prefix = leading_special_ids(tokenizer) if style == "structured" else []
     eos_id = int(tokenizer.eos_token_id)
