@@ -1,0 +1,196 @@
+"""The demo pipeline: each stage is a jaxtune subcommand (or a served model plus eval commands).
+
+Stages, in order: fetch -> prepare -> baseline -> train -> export -> tuned -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train_jax.demo.processes import jaxtune_command, run_logged, served_model
+from train_jax.demo.stages import Stage, StageRunner
+
+logger = logging.getLogger(__name__)
+
+KNOWN_BASE_MODELS = ("smollm2-135m-instruct",)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Train and validation files of a task, as shipped in `data/`."""
+
+    train: Path
+    valid: Path
+
+
+TASK_FILES = {
+    "viggo": TaskFiles(REPO_ROOT / "data/viggo/train.csv", REPO_ROOT / "data/viggo/valid.csv"),
+    "sql": TaskFiles(REPO_ROOT / "data/sql/train.jsonl", REPO_ROOT / "data/sql/valid.jsonl"),
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs; the defaults are the README's `make demo`."""
+
+    out_dir: Path = Path("runs/demo")
+    task: str = "viggo"
+    base_model: str = "smollm2-135m-instruct"
+    train_config: Path = REPO_ROOT / "configs/train/viggo.yaml"
+    train_overrides: tuple[str, ...] = ()
+    budget_minutes: float = 25.0
+    eval_limit: int = 200
+    baseline_shots: int = 3
+    eval_concurrency: int = 8
+    latency_concurrency: tuple[int, ...] = (1, 4, 16)
+    latency_requests: int = 32
+    latency_max_tokens: int = 64
+    serve_args: tuple[str, ...] = ("--kv-cache-gib", "2", "--memory-fraction", "0.3")
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_FILES:
+            raise ValueError(f"demo task must be one of {sorted(TASK_FILES)}, got {self.task!r}")
+        if self.budget_minutes <= 0:
+            raise ValueError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
+        if self.eval_limit <= 0:
+            raise ValueError(f"--eval-limit must be > 0, got {self.eval_limit}")
+        if not Path(self.train_config).is_file():
+            raise FileNotFoundError(f"training config not found: {self.train_config}")
+
+
+class DemoPipeline:
+    """Builds the stage list for `settings` and runs it with a `StageRunner`."""
+
+    def __init__(self, settings: DemoSettings):
+        self.s = settings
+        self.root = settings.out_dir.resolve()
+        self.runner = StageRunner(self.root)
+        self.logs = self.root / "logs"
+        self.files = TASK_FILES[settings.task]
+
+    # paths -------------------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        """The base model's HF folder (fetched, or the user's local folder)."""
+        if self.s.base_model in KNOWN_BASE_MODELS:
+            return self.root / "base_model"
+        return Path(self.s.base_model).resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        """The training run directory."""
+        return self.root / "train_run"
+
+    @property
+    def tuned_dir(self) -> Path:
+        """The exported tuned model (HF folder)."""
+        return self.root / "tuned_model"
+
+    def eval_dir(self, name: str) -> Path:
+        """Where the eval outputs of `name` go."""
+        return self.root / "eval" / name
+
+    # stages ------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        """The ordered demo stages."""
+        return [
+            Stage("fetch", "obtain the base model offline", self._fetch),
+            Stage("prepare", "clean, tokenise and pack the task data (report)", self._prepare),
+            Stage("baseline", "serve the untuned model and evaluate it (prompted)", self._baseline),
+            Stage("train", f"fine-tune for about {self.s.budget_minutes:g} minutes", self._train),
+            Stage("export", "export the tuned checkpoint to a HF folder", self._export),
+            Stage("tuned", "serve the tuned model; evaluate accuracy and latency", self._tuned),
+            Stage("report", "write the report", self._report),
+        ]
+
+    def run(self) -> Path:
+        """Run all unfinished stages; return the report path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        outputs = self.runner.run_all(self.stages())
+        return Path(outputs["report"]["report"])
+
+    def _fetch(self) -> dict:
+        if self.s.base_model in KNOWN_BASE_MODELS:
+            run_logged(jaxtune_command("model", "fetch", self.s.base_model, "--out", str(self.base_dir)),
+                       self.logs / "fetch.log")
+        elif not (self.base_dir / "config.json").is_file():
+            raise FileNotFoundError(f"base model folder has no config.json: {self.base_dir}")
+        return {"base_model": str(self.base_dir)}
+
+    def _prepare(self) -> dict:
+        out = self.root / "data"
+        run_logged(jaxtune_command(
+            "data", "prepare", "--task", self.s.task, "--data", str(self.files.train),
+            "--val", str(self.files.valid), "--model", str(self.base_dir), "--out", str(out),
+            "--style", self.tuned_style()), self.logs / "prepare.log")
+        return {"data_dir": str(out), "report": str(out / "report.md")}
+
+    def _accuracy(self, base_url: str, model: str, out: Path, style: str, shots: int) -> None:
+        run_logged(jaxtune_command(
+            "eval", "accuracy", "--task", self.s.task, "--data", str(self.files.valid),
+            "--base-url", base_url, "--model", model, "--out", str(out),
+            "--limit", str(self.s.eval_limit), "--concurrency", str(self.s.eval_concurrency),
+            "--shots", str(shots), "--style", style), self.logs / f"eval_{out.name}.log")
+
+    def _baseline(self) -> dict:
+        out = self.eval_dir("base")
+        with served_model(self.base_dir, "base", self.logs / "serve_base.log",
+                          extra_args=self.s.serve_args) as url:
+            # Untuned chat models are prompted with the instruction and a few shots, as in the study.
+            self._accuracy(url, "base", out, "chat", self.s.baseline_shots)
+        return {"eval_dir": str(out)}
+
+    def _train(self) -> dict:
+        overrides = [f"model={self.base_dir}", f"run_dir={self.run_dir}",
+                     f"train.time_budget_minutes={self.s.budget_minutes:g}", *self.s.train_overrides]
+        run_logged(jaxtune_command("train", "--config", str(self.s.train_config), *overrides),
+                   self.logs / "train.log", env=self.s.extra_env)
+        return {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.jsonl")}
+
+    def _export(self) -> dict:
+        run_logged(jaxtune_command("export", "--checkpoint", str(self.run_dir / "checkpoints"),
+                                   "--out", str(self.tuned_dir)), self.logs / "export.log")
+        return {"tuned_model": str(self.tuned_dir)}
+
+    def _tuned(self) -> dict:
+        acc_out, lat_out = self.eval_dir("tuned"), self.eval_dir("latency")
+        with served_model(self.tuned_dir, "tuned", self.logs / "serve_tuned.log",
+                          extra_args=self.s.serve_args) as url:
+            self._accuracy(url, "tuned", acc_out, self.tuned_style(), 0)
+            run_logged(jaxtune_command(
+                "eval", "latency", "--base-url", url, "--model", "tuned", "--out", str(lat_out),
+                "--concurrency", ",".join(str(c) for c in self.s.latency_concurrency),
+                "--num-requests", str(self.s.latency_requests),
+                "--max-tokens", str(self.s.latency_max_tokens)), self.logs / "eval_latency.log")
+        return {"accuracy_dir": str(acc_out), "latency_dir": str(lat_out)}
+
+    def _report(self) -> dict:
+        from train_jax.demo.report import write_report
+
+        compare_out = self.eval_dir("compare")
+        run_logged(jaxtune_command("eval", "compare", str(self.eval_dir("base")),
+                                   str(self.eval_dir("tuned")), "--out", str(compare_out)),
+                   self.logs / "eval_compare.log")
+        report = write_report(self)
+        return {"report": str(report), "compare_dir": str(compare_out)}
+
+    def tuned_style(self) -> str:
+        """The prompt style the training config uses (the tuned model is evaluated in it)."""
+        from train_jax.config.run_config import load_run_config
+
+        cfg = load_run_config(self.s.train_config, [f"model={self.base_dir}", *self.s.train_overrides])
+        return cfg.data.sources[0].dataset.style
+
+    def stage_seconds(self) -> dict[str, float | None]:
+        """Seconds each finished stage took."""
+        return {stage.name: self.runner.seconds(stage.name) for stage in self.stages()}
+
+
+def load_json(path: Path) -> dict:
+    """Read a JSON file written by a stage."""
+    return json.loads(Path(path).read_text())

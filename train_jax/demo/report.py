@@ -1,0 +1,108 @@
+"""The demo's single report: REPORT.md beside the PNGs of every stage."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from train_jax.demo.pipeline import DemoPipeline
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _copy_pngs(src: Path, dest: Path, prefix: str) -> list[Path]:
+    copied = []
+    for png in sorted(src.glob("*.png")) if src.is_dir() else []:
+        target = dest / f"{prefix}_{png.name}"
+        shutil.copyfile(png, target)
+        copied.append(target)
+    return copied
+
+
+def _accuracy_rows(base: dict | None, tuned: dict | None) -> list[str]:
+    if not base or not tuned:
+        return ["(accuracy results missing)"]
+    rows = ["| metric | base (prompted) | 95% CI | tuned | 95% CI |", "|---|---|---|---|---|"]
+    for name, b in base["metrics"].items():
+        t = tuned["metrics"].get(name, {})
+        rows.append(
+            f"| {name} | {_fmt(b.get('estimate'))} | [{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}]"
+            f" | {_fmt(t.get('estimate'))} | [{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}] |")
+    return rows
+
+
+def _training_summary(metrics_path: Path) -> list[str]:
+    if not metrics_path.is_file():
+        return ["(no training metrics)"]
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return ["(no training metrics)"]
+    losses = [r for r in rows if "loss" in r]
+    vals = [r for r in rows if r.get("val_loss") is not None]
+    lines = [f"- steps logged: {len(losses)}; last step {rows[-1].get('step')}"]
+    if losses:
+        lines.append(f"- training loss: first {_fmt(losses[0]['loss'])}, last {_fmt(losses[-1]['loss'])}")
+    if vals:
+        lines.append(f"- validation loss: first {_fmt(vals[0]['val_loss'])}, last {_fmt(vals[-1]['val_loss'])}")
+    rates = [r["tokens_per_s"] for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
+    if rates:
+        lines.append(f"- throughput: {sum(rates) / len(rates):.0f} tokens/s on average")
+    return lines
+
+
+def write_report(pipeline: DemoPipeline) -> Path:
+    """Write `REPORT.md` (+ PNGs copied beside it) for a finished demo; return its path."""
+    root = pipeline.root
+    assets = root / "report_assets"
+    assets.mkdir(exist_ok=True)
+    base = _read(pipeline.eval_dir("base") / "results.json")
+    tuned = _read(pipeline.eval_dir("tuned") / "results.json")
+    compare = _read(pipeline.eval_dir("compare") / "results.json")
+    seconds = pipeline.stage_seconds()
+    pngs = (_copy_pngs(pipeline.run_dir, assets, "train")
+            + _copy_pngs(pipeline.eval_dir("compare"), assets, "compare")
+            + _copy_pngs(pipeline.eval_dir("latency"), assets, "latency")
+            + _copy_pngs(root / "data", assets, "data"))
+    s = pipeline.s
+    lines = [
+        f"# jaxtune demo: {s.task} on {Path(str(pipeline.base_dir)).name}", "",
+        "Command: `" + shlex.join(["jaxtune", *sys.argv[1:]] if sys.argv[1:2] == ["demo"]
+                                  else ["jaxtune", "demo", "--out", str(s.out_dir)]) + "`", "",
+        "## Accuracy on the validation split", "",
+        f"{base['n_examples'] if base else '?'} validation examples; the base model is prompted "
+        f"with the task instruction and {s.baseline_shots} shots (chat template), the tuned model "
+        f"with the `{pipeline.tuned_style()}` prompt it was trained on.", "",
+        *_accuracy_rows(base, tuned), "",
+    ]
+    if compare:
+        lines += ["Paired comparison (McNemar): see "
+                  f"[{pipeline.eval_dir('compare') / 'report.md'}]({pipeline.eval_dir('compare') / 'report.md'}).", ""]
+    lines += ["## Training", "", *_training_summary(pipeline.run_dir / "metrics.jsonl"),
+              f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
+              f"(budget {s.budget_minutes:g} min)", "",
+              "## Stages", "", "| stage | seconds |", "|---|---|",
+              *[f"| {name} | {_fmt(sec, 0)} |" for name, sec in seconds.items() if name != "report"], "",
+              "## Outputs", "",
+              f"- tuned model (HF folder): `{pipeline.tuned_dir}`",
+              f"- training run: `{pipeline.run_dir}`",
+              f"- data report: `{root / 'data' / 'report.md'}`",
+              f"- latency report: `{pipeline.eval_dir('latency') / 'report.md'}`",
+              f"- logs of every command: `{pipeline.logs}`", "",
+              "## Plots", ""]
+    lines += [f"![{png.stem}](report_assets/{png.name})" for png in pngs]
+    report = root / "REPORT.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

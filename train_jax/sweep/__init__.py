@@ -1,0 +1,1 @@
+"""`jaxtune sweep`: grid search over training config overrides, scored on validation."""
