@@ -1,0 +1,274 @@
+"""The run config: one frozen dataclass per concern, composed into `RunConfig`.
+
+A YAML file in `configs/train/` maps 1:1 onto `RunConfig`; `load_run_config(path, overrides)`
+reads it, applies ``key=value`` overrides and validates everything (unknown or ill-typed keys
+raise `ConfigError` naming the key). The shorthand override ``model=HF_DIR_OR_ID`` sets
+``model.path`` and drops any random-init ``model.architecture``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from train_jax.config.loading import (
+    ConfigError,
+    apply_override,
+    build,
+    parse_override,
+    read_yaml,
+    to_plain,
+)
+from train_jax.data.config import DataConfig
+from train_jax.distributed import DistributedConfig
+from train_jax.model.config import LoraSpec
+
+DType = Literal["float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to start from and its numerics.
+
+    `path` is a HF model folder, a hub id or a jaxtune checkpoint directory (`jaxtune model
+    import` output or a previous run's `checkpoints/`). Without `path`, a model is randomly
+    initialised from `architecture` (a HF `config.json` mapping) and `tokenizer` (a folder).
+    """
+
+    path: str | None = None
+    architecture: Mapping[str, Any] | None = None
+    tokenizer: str | None = None
+    dtype: DType = "float32"  # compute dtype (bfloat16: bf16 matmuls on fp32 master weights)
+    param_dtype: DType = "float32"
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.architecture is None):
+            raise ConfigError("model: set exactly one of model.path (pretrained) and "
+                              "model.architecture (random init)")
+        if self.architecture is not None and self.tokenizer is None:
+            raise ConfigError("model: a random-init model (model.architecture) needs "
+                              "model.tokenizer")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; one axis may be -1 (all remaining devices)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        bad = [f"mesh.{k}={v}" for k, v in sizes.items() if v == 0 or v < -1]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: mesh sizes must be >= 1 or -1 (the rest)")
+        if list(sizes.values()).count(-1) > 1:
+            raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with warm-up then a constant, linear or cosine schedule, and gradient clipping."""
+
+    learning_rate: float = 1e-4
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # final lr / peak lr for linear and cosine decay
+    weight_decay: float = 0.0  # never applied to norms and biases
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0  # global-norm clipping; null disables
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ConfigError(f"optimizer.clip_norm must be > 0 or null, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What is trained: everything, LoRA adapters only, or the top blocks and the head."""
+
+    name: Literal["full", "lora", "freeze"] = "full"
+    lora: LoraSpec = field(default_factory=LoraSpec)  # used when name == "lora"
+    unfrozen_blocks: int = 1  # used when name == "freeze": top N blocks (+ final norm, head)
+
+    def __post_init__(self) -> None:
+        if self.unfrozen_blocks < 0:
+            raise ConfigError(f"method.unfrozen_blocks must be >= 0, got {self.unfrozen_blocks}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length and shape of the run. `batch_size` is global (all devices and hosts)."""
+
+    steps: int = 100
+    batch_size: int = 8
+    micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches rows per pass
+    seed: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "micro_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) must be a multiple of "
+                              f"train.micro_batches ({self.micro_batches})")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic validation: loss on `batches` batches; a task metric on `task_samples` examples."""
+
+    every: int = 50  # steps; 0 disables periodic evaluation
+    batches: int = 4
+    task_samples: int = 0  # 0 disables the generation-based task metric
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("every", "batches", "task_samples", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints every `every` steps (and at the end): the last `keep` plus the best."""
+
+    every: int = 100
+    keep: int = 2
+    keep_best: int = 1  # also keep the best `keep_best` by `best_metric` (0: only the last)
+    best_metric: str = "val_loss"
+    best_mode: Literal["min", "max"] = "min"
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep < 1 or self.keep_best < 0:
+            raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1, "
+                              "checkpoint.keep_best >= 0")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset of the training mixture with its sampling weight."""
+
+    dataset: DataConfig
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"data source weight must be >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The training data: one source, or a weighted mixture (all with the same max_length)."""
+
+    sources: tuple[DataSource, ...] = ()
+    prepared_dir: str | None = None  # default: RUN_DIR/data
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources needs at least one dataset")
+        lengths = {s.dataset.max_length for s in self.sources}
+        if len(lengths) > 1:
+            raise ConfigError(f"data.sources have different max_length {sorted(lengths)}; "
+                              "a mixture needs one row length")
+        if sum(s.weight for s in self.sources) <= 0:
+            raise ConfigError("data.sources weights must have a positive sum")
+
+    @property
+    def max_length(self) -> int:
+        return self.sources[0].dataset.max_length
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one `jaxtune train` run needs.
+
+    `stages` (optional) are mappings of overrides applied in order on top of this config:
+    stage k+1 starts from stage k's final checkpoint and writes to RUN_DIR/stage-k+1.
+    """
+
+    model: ModelSpec
+    data: DataSection
+    run_dir: str = "runs/default"
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    stages: tuple[Mapping[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what `config.yaml` in the run directory holds)."""
+        return to_plain(self)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the raw mapping with ``key=value`` overrides applied (not yet validated)."""
+    tree = copy.deepcopy(dict(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["model"] and isinstance(value, str):
+            model = dict(tree.get("model") or {})
+            model.pop("architecture", None)
+            model["path"] = value
+            tree["model"] = model
+            continue
+        apply_override(tree, keys, value, text)
+    return tree
+
+
+def run_config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a raw mapping (and every stage applied to it) into a `RunConfig`."""
+    cfg = build(RunConfig, raw)
+    for index, stage in enumerate(cfg.stages):
+        stage_tree = merge_stage(raw, stage)
+        try:
+            build(RunConfig, stage_tree)
+        except ConfigError as exc:
+            raise ConfigError(f"stages.{index}: {exc}") from None
+    return cfg
+
+
+def merge_stage(raw: Mapping[str, Any], stage: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw config of a stage: the base without `stages`, deep-updated by the stage."""
+    tree = copy.deepcopy({k: v for k, v in raw.items() if k != "stages"})
+    _deep_update(tree, stage)
+    return tree
+
+
+def _deep_update(tree: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _deep_update(tree[key], value)
+        else:
+            tree[key] = copy.deepcopy(value)
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read the YAML run config at `path`, apply `overrides` and validate it."""
+    return run_config_from_dict(apply_overrides(read_yaml(path), overrides))
+
+
+def load_raw_run_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The raw (validated) mapping: what stages are merged onto."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    run_config_from_dict(raw)
+    return raw
