@@ -1,0 +1,44 @@
+"""Every `jaxtune launch` command in docs/LAUNCH.md parses and dry-runs (docs cannot drift)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.cli import main
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURE_CONFIG = "tests/infra/golden/run_config.yaml"
+
+
+def _launch_commands() -> list[str]:
+    text = (REPO / "docs" / "LAUNCH.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        joined = block.replace("\\\n", " ")
+        commands += [line.strip() for line in joined.splitlines()
+                     if line.strip().startswith("jaxtune launch")]
+    return commands
+
+
+def test_the_doc_has_launch_commands():
+    commands = _launch_commands()
+    assert sum(" tpu " in c for c in commands) >= 3
+    assert sum(" gke " in c for c in commands) >= 3
+
+
+@pytest.mark.parametrize("command", _launch_commands())
+def test_doc_command_dry_runs(command, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    argv = shlex.split(command.replace("$REGISTRY", "us-docker.pkg.dev/p/jaxtune"))[1:]
+    # The doc's config is the user's; the flags and overrides are what is checked here.
+    argv[argv.index("--config") + 1] = FIXTURE_CONFIG
+    if "--dry-run" not in argv:
+        argv.append("--dry-run")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip()
