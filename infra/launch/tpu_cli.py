@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime-version", help="TPU VM software version (default per "
                                                   "generation, e.g. v2-alpha-tpuv5 for v5p)")
     parser.add_argument("--source", default=".", help="jaxtune source tree to ship (default: .)")
-    parser.add_argument("--dist-dir", default="dist", help="where the wheel is built (default: "
-                                                           "dist)")
+    parser.add_argument("--dist-dir", default="build/dist",
+                        help="where the wheel is built (default: build/dist, git-ignored)")
     parser.add_argument("--delete", action="store_true",
                         help="delete the TPU when training ends (also after a failure)")
     parser.add_argument("--dry-run", action="store_true",

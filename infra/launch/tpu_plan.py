@@ -35,7 +35,7 @@ class TpuLaunchSpec:
     overrides: tuple[str, ...]
     wheel_name: str  # file name of the jaxtune wheel built from `source_dir`
     source_dir: str = "."
-    dist_dir: str = "dist"
+    dist_dir: str = "build/dist"
     project: str | None = None
     queued: bool = False
     spot: bool = False
