@@ -119,11 +119,16 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     progress: bool = True
+    time_budget_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ConfigError(f"train.time_budget_minutes must be > 0, got "
+                              f"{self.time_budget_minutes}")
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"train.batch_size ({self.batch_size}) must be a multiple of "
                               f"train.micro_batches ({self.micro_batches})")

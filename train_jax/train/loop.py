@@ -1,0 +1,239 @@
+"""One training run: build everything from a `RunConfig`, resume if possible, train, save.
+
+The run directory holds `config.yaml` (resolved), `metrics.jsonl`, `tensorboard/`,
+`loss_curve.png` and `checkpoints/` (a jaxtune checkpoint directory `jaxtune export` reads).
+Re-running the same command resumes from the latest committed checkpoint; SIGTERM/SIGINT
+finish the current step, save, and return the signal's exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from train_jax import checkpoint as ckpt
+from train_jax.config.run_config import RunConfig
+from train_jax.sharding.mesh import build_mesh
+from train_jax.train.checkpointing import TrainCheckpointer
+from train_jax.train.data_feed import BatchFeed, prepare_sources, validation_batches
+from train_jax.train.flops import peak_flops, train_flops_per_token
+from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
+from train_jax.train.model_init import load_initial_model
+from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
+from train_jax.train.partition import ModelParts
+from train_jax.train.step import build_steps, init_state, put_batch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    final_step: int
+    interrupted_by: int | None = None  # the signal number that stopped the run early
+    last_loss: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.interrupted_by is None else 128 + self.interrupted_by
+
+
+class _StopFlag:
+    """Records SIGTERM/SIGINT so the loop can save and stop between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now
+        logger.warning("signal %d: finishing this step, saving a checkpoint, then stopping",
+                       signum)
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
+    """RUN_DIR/config.yaml: the config after overrides, with every default spelled out."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def train(cfg: RunConfig) -> RunResult:
+    """Run (or resume) the training described by `cfg`."""
+    run_dir = Path(cfg.run_dir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        write_resolved_config(cfg, run_dir)
+    mesh = build_mesh(cfg.mesh)
+    logger.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
+                jax.process_count())
+
+    initial = load_initial_model(cfg.model, cfg.method, cfg.train.seed)
+    parts, trainable, frozen = ModelParts.split(initial.model, cfg.method)
+    del initial.model
+    n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
+    n_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
+    logger.info("method %s: %.2fM trainable, %.2fM frozen parameters", cfg.method.name,
+                n_train / 1e6, n_frozen / 1e6)
+
+    datasets = prepare_sources(cfg.data, initial.assets_dir,
+                               Path(cfg.data.prepared_dir or run_dir / "data"),
+                               progress=cfg.train.progress)
+    feed = BatchFeed.create(datasets, [s.weight for s in cfg.data.sources], cfg.train.batch_size,
+                            cfg.train.micro_batches, cfg.train.seed)
+    length = cfg.data.max_length
+    micro = cfg.train.micro_batches
+    train_shape = (micro, cfg.train.batch_size // micro, length)
+
+    schedule = learning_rate_schedule(cfg.optimizer, cfg.train.steps)
+    tx = build_optimizer(cfg.optimizer, schedule)
+    steps = build_steps(parts, tx, schedule, mesh, trainable, train_shape)
+    state = init_state(parts, tx, trainable, frozen, steps.state_shardings)
+    del trainable, frozen
+
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if is_main:
+        ckpt.write_checkpoint_info(ckpt_dir, initial.cfg, source=initial.source,
+                                   assets_from=initial.assets_dir)
+    checkpointer = TrainCheckpointer(ckpt_dir, cfg.checkpoint)
+    metrics = MetricsLogger(run_dir, enabled=is_main)
+    start = checkpointer.latest_step()
+    if start is not None:
+        state, data_state = checkpointer.restore(start, state)
+        feed.set_state(data_state)
+        metrics.truncate_after(start)
+        logger.info("resumed from checkpoint step %d", start)
+
+    val_rows = train_shape[1] // jax.process_count()
+    val_sets = [(src.dataset.task, validation_batches(ds, cfg.eval.batches, val_rows))
+                for src, ds in zip(cfg.data.sources, datasets, strict=True)]
+    val_sets = [(name, b) for name, b in val_sets if b is not None]
+    fraction = n_train / max(n_train + n_frozen, 1)
+    flops_per_token = train_flops_per_token(initial.cfg, length, fraction)
+    peak = peak_flops(cfg.model.dtype, cfg.train.peak_tflops_per_device)
+    loop = _Loop(cfg, steps, feed, checkpointer, metrics, val_sets, train_shape,
+                 flops_per_token * cfg.train.batch_size * length, peak)
+    try:
+        with _StopFlag() as stop:
+            result = loop.run(state, stop)
+    finally:
+        checkpointer.close()
+        metrics.close()
+    if is_main:
+        plot_loss_curve(metrics.path, run_dir / PLOT_FILE)
+    return result
+
+
+class _Loop:
+    """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
+
+    def __init__(self, cfg: RunConfig, steps: Any, feed: BatchFeed, checkpointer: TrainCheckpointer,
+                 metrics: MetricsLogger, val_sets: list[tuple[str, dict[str, np.ndarray]]],
+                 train_shape: tuple[int, int, int], flops_per_step: float, peak: float):
+        self.cfg, self.steps, self.feed = cfg, steps, feed
+        self.checkpointer, self.metrics, self.val_sets = checkpointer, metrics, val_sets
+        self.train_shape, self.flops_per_step, self.peak = train_shape, flops_per_step, peak
+        self.shardings = steps.batch_shardings(train_shape)
+        self.config_dict = cfg.to_dict()
+
+    def evaluate(self, state: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, batches in self.val_sets:
+            shape = (batches["input_ids"].shape[0], self.train_shape[1], self.train_shape[2])
+            placed = put_batch(batches, self.steps.batch_shardings(shape), shape)
+            result = jax.device_get(self.steps.eval_step(state, placed))
+            out[f"val_loss/{name}"] = float(result["loss_sum"]) / max(float(result["tokens"]), 1)
+        if out:
+            out["val_loss"] = float(np.mean(list(out.values())))
+            if len(self.val_sets) == 1:
+                out.pop(f"val_loss/{self.val_sets[0][0]}")
+        return out
+
+    def save(self, state: Any, values: dict[str, Any]) -> None:
+        self.checkpointer.save(state, self.feed.get_state(), self.config_dict, values)
+
+    def run(self, state: Any, stop: _StopFlag) -> RunResult:
+        cfg = self.cfg.train
+        step = int(jax.device_get(state["step"]))
+        total = cfg.steps
+        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
+        started = time.perf_counter()
+        bar = _progress(cfg.progress and jax.process_index() == 0, step, total)
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+        last_saved, last_loss = step, None
+        while step < total and stop.signum is None:
+            if time.perf_counter() - started > budget_s:
+                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
+                            step)
+                break
+            host_batch = self.feed.next()
+            window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))
+            batch = put_batch(host_batch, self.shardings, self.train_shape)
+            state, step_metrics = self.steps.train_step(state, batch)
+            step += 1
+            window_steps += 1
+            values: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == total or step == 1:
+                host = jax.device_get(step_metrics)
+                elapsed = time.perf_counter() - window_start
+                last_loss = float(host["loss"])
+                values = {"loss": last_loss, "lr": float(host["lr"]),
+                          "grad_norm": float(host["grad_norm"]),
+                          "tokens_per_s": window_tokens * jax.process_count() / elapsed,
+                          "mfu": self.flops_per_step * window_steps / elapsed / self.peak,
+                          "epoch": round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)}
+                window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+            every = self.cfg.eval.every
+            if self.val_sets and every and (step % every == 0 or step == total):
+                values.update(self.evaluate(state))
+            if values:
+                self.metrics.log(step, values)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
+                                     if k in ("loss", "val_loss", "tokens_per_s")})
+            if bar is not None:
+                bar.update(1)
+            if step % self.cfg.checkpoint.every == 0:
+                self.save(state, values)
+                last_saved = step
+        if bar is not None:
+            bar.close()
+        if step != last_saved:
+            self.save(state, {})
+        self.checkpointer.wait()
+        logger.info("stopped at step %d of %d", step, total)
+        return RunResult(step, stop.signum, last_loss)
+
+
+def _progress(enabled: bool, start: int, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
