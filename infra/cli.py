@@ -38,7 +38,18 @@ class CommandError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _selected_command(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The command path named on the command line, found before parsing."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    for path, _, _ in COMMANDS:
+        if tuple(words[: len(path)]) == path:
+            return path
+    return None
+
+
+def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
+    # Only the selected subcommand's module is imported: `jaxtune serve` must not pay for JAX
+    # (or need it installed), nor `jaxtune train` for vLLM.
     parser = argparse.ArgumentParser(prog="jaxtune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="info-level logging")
@@ -46,17 +57,19 @@ def _build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, module, help_text in COMMANDS:
         if len(path) == 1:
-            sub = top.add_parser(path[0], help=help_text)
+            sub = top.add_parser(path[0], help=help_text, description=help_text)
         else:
             if path[0] not in groups:
                 group_parser = top.add_parser(path[0], help=f"{path[0]} commands")
                 groups[path[0]] = group_parser.add_subparsers(
                     dest=f"{path[0]}_command", required=True, metavar="SUBCOMMAND"
                 )
-            sub = groups[path[0]].add_parser(path[1], help=help_text)
+            sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         sub.set_defaults(_module=module)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks and debug logs")
+        if path != selected:
+            continue
         try:
             importlib.import_module(module).add_arguments(sub)
         except ModuleNotFoundError as exc:
@@ -69,7 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxtune` console script."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
