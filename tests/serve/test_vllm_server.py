@@ -1,0 +1,237 @@
+"""`jaxtune serve` on a real vLLM engine (one server for the whole module), driven by the
+official `openai` client: completions, chat, streaming, a LoRA adapter, metrics that match
+the traffic, 64 concurrent streams, and a client that disconnects mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.serve.lora_adapter import build_lora_adapter
+from tests.serve.test_system_routes import metric
+from tests.serve.vllm_server import TEST_ENGINE_FLAGS, jaxtune_server
+
+pytestmark = pytest.mark.vllm
+
+MODEL = "tiny"
+ADAPTER = "tiny-lora"
+API_KEY = "integration-key"
+PROMPT = "Once upon a time there was a little dog"
+GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm_server")
+    adapter = build_lora_adapter(served_model_dir, tmp / "adapter")
+    with jaxtune_server(served_model_dir, name=MODEL, log_path=tmp / "server.log",
+                        extra_args=[*TEST_ENGINE_FLAGS, "--lora", f"{ADAPTER}={adapter}",
+                                    "--max-in-flight", "128"],
+                        env={"JAXTUNE_API_KEY": API_KEY}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(served_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(served_model_dir)
+
+
+def scrape(server: str, http: httpx.Client | None = None) -> str:
+    if http is not None:  # an open client: no connection or TLS-context set-up on the clock
+        return http.get(f"{server}/metrics").text
+    return httpx.get(f"{server}/metrics", timeout=10).text
+
+
+def test_models_list_base_and_adapter(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {MODEL, ADAPTER}
+    assert models[ADAPTER].model_extra["parent"] == MODEL
+    assert models[MODEL].model_extra["parent"] is None
+    assert models[MODEL].model_extra["max_model_len"] == 512
+
+
+def test_completion_with_the_openai_client(client, tokenizer):
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, **GREEDY)
+    (choice,) = out.choices
+    assert choice.finish_reason == "length" and choice.text
+    assert out.usage.completion_tokens == 8
+    assert out.usage.prompt_tokens == len(tokenizer.encode(PROMPT))
+    again = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, **GREEDY)
+    assert again.choices[0].text == choice.text
+
+
+def test_chat_with_the_openai_client(client, tokenizer):
+    messages = [{"role": "user", "content": "Tell me a story about a cat."}]
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, **GREEDY)
+    assert out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content
+    assert out.usage.completion_tokens == 6
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert out.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def test_streaming_equals_non_streaming(client):
+    full = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, **GREEDY)
+    stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, stream=True,
+                                       stream_options={"include_usage": True}, **GREEDY)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 12
+
+    messages = [{"role": "user", "content": "Hello"}]
+    chat_full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                               **GREEDY)
+    chat_stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                                 stream=True, **GREEDY)
+    parts = list(chat_stream)
+    assert parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == \
+        chat_full.choices[0].message.content
+    assert parts[-1].choices[0].finish_reason == "length"
+
+
+def test_seed_n_and_stop(client):
+    sample = {"model": MODEL, "prompt": PROMPT, "max_tokens": 10, "temperature": 1.0,
+              "extra_body": {"ignore_eos": True}}
+    a = client.completions.create(seed=123, n=2, **sample)
+    b = client.completions.create(seed=123, n=2, **sample)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len(a.choices) == 2 and a.usage.completion_tokens == 20
+    greedy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **GREEDY)
+    text = greedy.choices[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    cut = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, stop=[stop],
+                                    **GREEDY)
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == text[:text.index(stop)]
+
+
+def test_lora_adapter_is_selected_by_model_name(client):
+    base = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **GREEDY)
+    tuned = client.completions.create(model=ADAPTER, prompt=PROMPT, max_tokens=10, **GREEDY)
+    tuned_again = client.completions.create(model=ADAPTER, prompt=PROMPT, max_tokens=10,
+                                            **GREEDY)
+    assert tuned.model == ADAPTER
+    assert tuned.choices[0].text == tuned_again.choices[0].text
+    assert tuned.choices[0].text != base.choices[0].text
+
+
+def test_invalid_requests_are_4xx(client, server):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=MODEL, prompt="dog " * 600, max_tokens=1)
+    assert exc.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=100_000)
+    assert exc.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt=PROMPT, max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    r = httpx.post(f"{server}/v1/completions", content=b"{oops",
+                   headers={"Authorization": f"Bearer {API_KEY}",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_metrics_match_the_requests_sent(client, server):
+    before = scrape(server)
+    prompt_tokens = completion_tokens = 0
+    for i in range(4):
+        out = client.completions.create(model=MODEL, prompt=f"{PROMPT} {i}", max_tokens=3 + i,
+                                        **GREEDY)
+        prompt_tokens += out.usage.prompt_tokens
+        completion_tokens += out.usage.completion_tokens
+    chat = client.chat.completions.create(model=MODEL, max_tokens=5, **GREEDY,
+                                          messages=[{"role": "user", "content": "hi"}])
+    prompt_tokens += chat.usage.prompt_tokens
+    completion_tokens += chat.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=100_000)
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("jaxtune_http_requests_total", endpoint="/v1/completions", status="200") == 4
+    assert delta("jaxtune_http_requests_total", endpoint="/v1/completions", status="400") == 1
+    assert delta("jaxtune_http_requests_total", endpoint="/v1/chat/completions",
+                 status="200") == 1
+    assert delta("jaxtune_prompt_tokens_total", model=MODEL) == prompt_tokens
+    assert delta("jaxtune_generation_tokens_total", model=MODEL) == completion_tokens
+    assert completion_tokens == 3 + 4 + 5 + 6 + 5
+    assert delta("jaxtune_time_to_first_token_seconds_count", model=MODEL) == 5
+    assert delta("jaxtune_e2e_request_latency_seconds_count", model=MODEL) == 5
+    assert delta("jaxtune_inter_token_latency_seconds_count", model=MODEL) == \
+        completion_tokens - 5
+
+
+def test_64_concurrent_streams_finish_without_errors(server):
+    async def run() -> list[int | BaseException]:
+        async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=API_KEY,
+                                      max_retries=0, timeout=300) as aclient:
+            async def one(i: int) -> int:
+                stream = await aclient.completions.create(
+                    model=MODEL if i % 2 else ADAPTER, prompt=f"{PROMPT} number {i}",
+                    max_tokens=16, stream=True, stream_options={"include_usage": True},
+                    **GREEDY)
+                text, usage = "", None
+                async for chunk in stream:
+                    text += "".join(c.text for c in chunk.choices)
+                    usage = chunk.usage or usage
+                assert text
+                return usage.completion_tokens
+
+            return await asyncio.gather(*(one(i) for i in range(64)), return_exceptions=True)
+
+    results = asyncio.run(run())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    assert results == [16] * 64
+    text = scrape(server)
+    assert metric(text, "jaxtune_requests_in_flight") == 0
+    assert metric(text, "jaxtune_engine_requests_running") == 0
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(server):
+    before = scrape(server)
+    max_tokens = 480
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True,
+            "stream": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    started = time.monotonic()
+    with httpx.Client(base_url=server, timeout=60) as http, \
+            http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+        lines = response.iter_lines()  # one iterator: leaving it early would close the stream
+        while not next(lines).startswith("data: "):
+            pass
+        during = scrape(server, http)
+    # Leaving the block closed the connection: the engine request must be aborted.
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(server)
+        running = metric(after, "jaxtune_engine_requests_running")
+        waiting = metric(after, "jaxtune_engine_requests_waiting")
+        if (running, waiting, metric(after, "jaxtune_requests_in_flight")) == (0, 0, 0):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    generated = metric(after, "jaxtune_generation_tokens_total", model=MODEL) - \
+        metric(before, "jaxtune_generation_tokens_total", model=MODEL)
+    # Proof of the abort: the request stopped well short of its max_tokens.
+    assert 1 <= generated < max_tokens, (generated, elapsed)
+    # While it streamed, it held a slot and an engine sequence.
+    assert metric(during, "jaxtune_requests_in_flight") == 1
+    assert metric(during, "jaxtune_engine_requests_running") + \
+        metric(during, "jaxtune_engine_requests_waiting") == 1
