@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     report = json.loads((dataset.path / "report.json").read_text())
     for split, stats in report["splits"].items():
         dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or "none"
-        print(f"{split}: {stats['rows_read']} rows read -> {stats['examples_out']} examples, "
+        source = (f"{stats['split_from_train']} rows split off train" if stats["split_from_train"]
+                  else f"{stats['rows_read']} rows read")
+        print(f"{split}: {source} -> {stats['examples_out']} examples, "
               f"{stats['tokens']} tokens ({stats['trained_tokens']} trained) in "
               f"{stats['sequences']} sequences, packing efficiency "
               f"{stats['packing_efficiency']:.1%}; dropped: {dropped}")

@@ -160,6 +160,8 @@ def _build(cfg: DataConfig, tokenizer: Any, key: str, build: Path, *, progress: 
             samples[split] = []
             continue
         loaded, bad = load_samples(_local_file(spec, build, split), cfg)
+        logger.info("%s: read %d rows from %s (%d bad)", split, len(loaded) + len(bad), spec,
+                    len(bad))
         stats[split].record_loaded(len(loaded), bad)
         result = cleaning.clean_samples(loaded, dedup=cfg.dedup)
         stats[split].record_cleaning(result)
@@ -191,6 +193,9 @@ def _build(cfg: DataConfig, tokenizer: Any, key: str, build: Path, *, progress: 
                            seed=cfg.seed)
         arrays = build_arrays(tokenized, rows, cfg.max_length, _pad_id(tokenizer))
         stats[split].record_packing(tokenized, len(rows), packing_efficiency(arrays))
+        logger.info("%s: %d examples -> %d rows of %d tokens (packing efficiency %.1f%%)",
+                    split, len(kept), len(rows), cfg.max_length,
+                    100 * stats[split].packing_efficiency)
         (build / split).mkdir()
         for name, array in arrays.items():
             np.save(build / split / f"{name}.npy", array)

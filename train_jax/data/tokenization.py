@@ -50,12 +50,13 @@ def load_tokenizer(model: str | Path) -> Any:
     return tokenizer
 
 
-def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
     # The Rust tokenizer directly: what `tokenizer(texts, add_special_tokens=False)` runs, minus
     # building Python offset/mask lists we do not use (a third of the time on short rows).
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for e in encode(texts, add_special_tokens=False)]
+    # int32 arrays at once: lists of Python ints cost ~10x the memory on large files.
+    return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=False)]
 
 
 def leading_special_ids(tokenizer: Any) -> list[int]:
@@ -78,28 +79,27 @@ def tokenize_pieces(
     a plain prompt would at inference; chat templates write their BOS themselves.
     """
     texts: list[str] = [p.text for pieces in examples for p in pieces if not p.eos]
-    ids_per_text: list[list[int]] = []
+    ids_per_text: list[np.ndarray] = []
     with tqdm(total=len(texts), desc=desc, unit="piece", disable=not progress,
               mininterval=1.0) as bar:
         for start in range(0, len(texts), TOKENIZE_BATCH):
             batch = texts[start:start + TOKENIZE_BATCH]
             ids_per_text.extend(_encode_batch(tokenizer, batch))
             bar.update(len(batch))
-    prefix = leading_special_ids(tokenizer) if style == "structured" else []
-    eos_id = int(tokenizer.eos_token_id)
+    prefix = np.asarray(leading_special_ids(tokenizer) if style == "structured" else [],
+                        dtype=np.int32)
+    eos = np.asarray([tokenizer.eos_token_id], dtype=np.int32)
     out: list[TokenizedExample] = []
     cursor = 0
     for pieces in examples:
-        ids: list[int] = list(prefix)
-        trained: list[bool] = [False] * len(prefix)
+        parts, flags = [prefix], [np.zeros(len(prefix), dtype=bool)]
         for piece in pieces:
             if piece.eos:
-                piece_ids = [eos_id]
+                piece_ids = eos
             else:
                 piece_ids = ids_per_text[cursor]
                 cursor += 1
-            ids.extend(piece_ids)
-            trained.extend([piece.trained] * len(piece_ids))
-        out.append(TokenizedExample(np.asarray(ids, dtype=np.int32),
-                                    np.asarray(trained, dtype=bool)))
+            parts.append(piece_ids)
+            flags.append(np.full(len(piece_ids), piece.trained, dtype=bool))
+        out.append(TokenizedExample(np.concatenate(parts), np.concatenate(flags)))
     return out
