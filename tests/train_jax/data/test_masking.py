@@ -112,3 +112,22 @@ def test_chat_style_requires_a_chat_template(tmp_path, bytelevel_tokenizer):
     cfg = DataConfig(task="viggo", train_file=str(data), style="chat", val_fraction=0.0)
     with pytest.raises(ValueError, match="no chat template"):
         prepare_dataset(cfg, plain, tmp_path / "out", progress=False)
+
+
+def test_chat_turn_end_marker_other_than_eos_stays_context(tmp_path, bytelevel_tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.train_jax.data.conftest import IM_TEMPLATE
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=bytelevel_tokenizer.backend_tokenizer,
+                                  eos_token="<|endoftext|>", chat_template=IM_TEMPLATE)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo."},
+                    {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Yo!"}]
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": conversation}])
+    cfg = DataConfig(task="chat", train_file=str(data), style="chat")
+    (sample,), _ = load_samples(data, cfg)
+    (ex,) = tokenize_pieces([render_pieces(sample, "chat", tok)], tok, "chat", progress=False)
+    assert tok.decode(ex.ids[ex.trained].tolist()) == "Yo.<|endoftext|>Yo!<|endoftext|>"
+    assert tok.decode(ex.ids.tolist()) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo.<|endoftext|><|im_end|>\n"
+        "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\nYo!<|endoftext|>")
