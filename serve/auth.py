@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.errors import AuthenticationError
+
+logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1/"
 
@@ -44,6 +47,8 @@ class ApiKeyMiddleware:
         if key_matches(given, self._key):
             await self.app(scope, receive, send)
             return
+        logger.info("%s %s status=401 error='missing or invalid API key'", scope["method"],
+                    scope["path"])
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
             (b"content-length", str(len(self._body)).encode())]})

@@ -29,7 +29,8 @@ class FakeEngine:
     """Engine protocol implementation with scripted, reproducible behaviour.
 
     `token_delay_s` sleeps before each token so tests can act mid-stream; `eos_after` ends a
-    sequence with finish reason "stop" after that many tokens (None: only max_tokens stops it).
+    sequence with finish reason "stop" after that many tokens (None: only max_tokens stops it);
+    `fail_after` raises `RuntimeError` after that many tokens (an engine crash).
     """
 
     def __init__(
@@ -39,12 +40,14 @@ class FakeEngine:
         chat_models: Sequence[str] | None = None,
         token_delay_s: float = 0.0,
         eos_after: int | None = None,
+        fail_after: int | None = None,
     ):
         self._models = tuple(models)
         self._chat_models = set(chat_models if chat_models is not None else
                                 [m.name for m in self._models])
         self.token_delay_s = token_delay_s
         self.eos_after = eos_after
+        self.fail_after = fail_after
         self.requests: list[GenerationRequest] = []
         self.aborted: list[str] = []
         self.finished: list[str] = []
@@ -85,6 +88,8 @@ class FakeEngine:
                 if cancelled.is_set():
                     yield GenerationDelta("", 0, "abort")
                     return
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise RuntimeError("fake engine crashed")
                 piece = f" w{(base + 31 * step) % 97}"
                 text += piece
                 for stop in sampling.stop:

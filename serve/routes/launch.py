@@ -10,7 +10,7 @@ from fastapi import Request
 
 from serve.deps import ServerState
 from serve.engine import Engine, ModelCard
-from serve.errors import InvalidRequestError, ServiceUnavailableError
+from serve.errors import InvalidRequestError, ServiceUnavailableError, stream_error
 from serve.generation import GenerationRun
 from serve.protocol import SamplingFields, Usage
 from serve.sampling import build_sampling, check_prompt_tokens
@@ -57,12 +57,16 @@ class Collected:
 
 
 async def collect(run: GenerationRun) -> Collected:
-    """Drain `run`; a choice the engine aborted (shutdown) becomes a 503."""
+    """Drain `run`; a choice the engine aborted (shutdown) becomes a 503, an engine failure a
+    500 (both with the OpenAI error body)."""
     out = Collected({i: [] for i in range(run.num_choices)})
-    async for delta in run.deltas():
-        out.texts[delta.index].append(delta.text)
-        if delta.finish_reason is not None:
-            out.finish[delta.index] = delta.finish_reason
+    try:
+        async for delta in run.deltas():
+            out.texts[delta.index].append(delta.text)
+            if delta.finish_reason is not None:
+                out.finish[delta.index] = delta.finish_reason
+    except Exception as exc:  # an engine failure becomes an error response
+        raise stream_error(exc) from exc
     if any(reason == "abort" for reason in out.finish.values()):
         raise ServiceUnavailableError("The request was aborted by the server (shutting down)",
                                       code="aborted")

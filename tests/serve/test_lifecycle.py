@@ -12,8 +12,6 @@ from serve.admission import Admission
 from serve.errors import ServiceUnavailableError, TooManyRequestsError
 from tests.serve.fake_server import FAKE_MODEL, fake_app, fake_engine, running_server
 
-pytestmark = pytest.mark.asyncio
-
 SLOW = {"model": FAKE_MODEL, "prompt": "x", "max_tokens": 60}
 
 
@@ -39,6 +37,7 @@ async def read_chunks(response: httpx.Response, count: int) -> list[str]:
     return got
 
 
+@pytest.mark.asyncio
 async def test_requests_beyond_the_cap_get_429():
     app, engine = fake_app(fake_engine(token_delay_s=0.05), max_in_flight=2)
     state = app.state.server
@@ -59,6 +58,7 @@ async def test_requests_beyond_the_cap_get_429():
     assert len(engine.requests) == 3
 
 
+@pytest.mark.asyncio
 async def test_stream_disconnect_aborts_the_engine_request():
     app, engine = fake_app(fake_engine(token_delay_s=0.05))
     state = app.state.server
@@ -81,6 +81,7 @@ async def test_stream_disconnect_aborts_the_engine_request():
         assert float(gen[0].split()[-1]) < 30
 
 
+@pytest.mark.asyncio
 async def test_non_streaming_disconnect_aborts_the_engine_request():
     app, engine = fake_app(fake_engine(token_delay_s=0.05))
     state = app.state.server
@@ -94,6 +95,7 @@ async def test_non_streaming_disconnect_aborts_the_engine_request():
         assert engine.load().running == 0
 
 
+@pytest.mark.asyncio
 async def test_shutdown_aborts_requests_still_running_after_the_drain_timeout():
     app, engine = fake_app(fake_engine(token_delay_s=0.05), drain_timeout_s=0.3)
     transport = httpx.ASGITransport(app=app)
@@ -110,6 +112,7 @@ async def test_shutdown_aborts_requests_still_running_after_the_drain_timeout():
     assert r.status_code == 503 and r.json()["error"]["code"] == "aborted"
 
 
+@pytest.mark.asyncio
 async def test_shutdown_lets_short_requests_finish():
     app, engine = fake_app(fake_engine(token_delay_s=0.02), drain_timeout_s=10)
     transport = httpx.ASGITransport(app=app)
@@ -125,6 +128,7 @@ async def test_shutdown_lets_short_requests_finish():
     assert engine.aborted == [] and engine.closed
 
 
+@pytest.mark.asyncio
 async def test_admission_counts_refuses_and_drains():
     admission = Admission(max_in_flight=1)
     ticket = admission.admit("a")
@@ -137,3 +141,26 @@ async def test_admission_counts_refuses_and_drains():
     admission.release(ticket)  # idempotent
     assert admission.in_flight == 0
     assert await admission.drain(timeout_s=0.05)
+
+
+def test_engine_failure_is_a_500_with_the_error_shape_and_frees_the_slot():
+    from fastapi.testclient import TestClient
+
+    app, _ = fake_app(fake_engine(fail_after=2))
+    # raise_server_exceptions (the default) proves no exception escapes the app.
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"model": FAKE_MODEL, "prompt": "x",
+                                                 "max_tokens": 5})
+        assert r.status_code == 500
+        error = r.json()["error"]
+        assert (error["type"], error["code"]) == ("server_error", "internal_error")
+        assert "RuntimeError" in error["message"]
+        # Headers already sent: a stream reports the failure in-band, then still ends.
+        r = client.post("/v1/completions", json={"model": FAKE_MODEL, "prompt": "x",
+                                                 "max_tokens": 5, "stream": True})
+        assert r.status_code == 200
+        events = [e for e in r.text.split("\n\n") if e.strip()]
+        assert events[-1] == "data: [DONE]"
+        assert '"type": "server_error"' in events[-2]
+        assert sum('"text"' in e for e in events) == 2
+        assert app.state.server.admission.in_flight == 0
