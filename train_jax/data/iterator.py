@@ -24,17 +24,21 @@ Source = PreparedDataset | Mapping[str, np.ndarray]
 class RowCursor:
     """Walks seeded per-epoch permutations of ``num_rows`` rows, across epochs."""
 
-    def __init__(self, num_rows: int, seed: Sequence[int]):
+    def __init__(self, num_rows: int, seed: Sequence[int], *, shuffle: bool = True):
         if num_rows < 1:
             raise ValueError("a dataset split needs at least one row")
-        self.num_rows, self.seed = num_rows, tuple(seed)
+        self.num_rows, self.seed, self.shuffle = num_rows, tuple(seed), shuffle
         self.epoch, self.position = 0, 0
         self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def _permutation(self) -> np.ndarray:
         if self._perm_epoch != self.epoch:
-            rng = np.random.default_rng([*self.seed, self.epoch])
-            self._perm, self._perm_epoch = rng.permutation(self.num_rows), self.epoch
+            if self.shuffle:
+                rng = np.random.default_rng([*self.seed, self.epoch])
+                self._perm = rng.permutation(self.num_rows)
+            else:
+                self._perm = np.arange(self.num_rows)
+            self._perm_epoch = self.epoch
         return self._perm
 
     def remaining_in(self, num_epochs: int) -> int:
@@ -87,18 +91,20 @@ class BatchIterator(Iterator[Batch]):
     """Batches of `batch_size` rows (this host's share) from one prepared split.
 
     `num_epochs=None` repeats forever; otherwise iteration stops when fewer than a global
-    batch of rows remain in the last epoch (shapes stay static for jit).
+    batch of rows remain in the last epoch (shapes stay static for jit). `shuffle=False`
+    visits rows in stored order every epoch.
     """
 
     def __init__(self, source: Source, batch_size: int, *, split: str = "train", seed: int = 0,
-                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None):
+                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                 shuffle: bool = True):
         _check_shard(batch_size, shard_index, shard_count)
         self.arrays = _arrays(source, split)
         num_rows = int(self.arrays["input_ids"].shape[0])
         self.batch_size, self.shard_index, self.shard_count = batch_size, shard_index, shard_count
         self.global_batch = batch_size * shard_count
         self.num_epochs, self.seed = num_epochs, seed
-        self.cursor = RowCursor(num_rows, (seed,))
+        self.cursor = RowCursor(num_rows, (seed,), shuffle=shuffle)
 
     @property
     def epoch(self) -> float:
@@ -181,6 +187,28 @@ class MixtureIterator(Iterator[Batch]):
         for cursor, sub in zip(self.cursors, state["sources"], strict=True):
             cursor.set_state(sub)
         self.step = int(state["step"])
+
+
+def eval_batches(source: Source, batch_size: int, *, split: str = "val", shard_index: int = 0,
+                 shard_count: int = 1) -> Iterator[Batch]:
+    """Every row of `split` exactly once, in order, as fixed-shape batches for evaluation.
+
+    The last global batch is filled up with all-padding rows (segment 0, loss mask 0), which
+    add nothing to a masked loss, so every batch has the same shape under jit.
+    """
+    _check_shard(batch_size, shard_index, shard_count)
+    arrays = _arrays(source, split)
+    num_rows = int(arrays["input_ids"].shape[0])
+    global_batch = batch_size * shard_count
+    for start in range(0, num_rows, global_batch):
+        lo = start + shard_index * batch_size
+        rows = np.arange(lo, min(lo + batch_size, num_rows))
+        batch = _gather(arrays, rows)
+        if len(rows) < batch_size:
+            batch = {name: np.concatenate([value, np.zeros((batch_size - len(rows),
+                                                             *value.shape[1:]), value.dtype)])
+                     for name, value in batch.items()}
+        yield batch
 
 
 def _expect(state: Mapping[str, Any], **expected: Any) -> None:

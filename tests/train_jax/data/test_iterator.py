@@ -101,3 +101,25 @@ def test_mixture_hosts_partition_the_global_batch():
 def test_mixture_rejects_mismatched_row_lengths():
     with pytest.raises(ValueError, match="row lengths"):
         MixtureIterator([fake_split(4, length=8), fake_split(4, length=16)], [1, 1], 2)
+
+
+def test_unshuffled_iterator_keeps_stored_order():
+    it = BatchIterator(fake_split(6), 4, shuffle=False)
+    assert take(it, 3) == [[0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5]]
+
+
+def test_eval_batches_cover_every_row_once_with_padding_rows():
+    from train_jax.data.iterator import eval_batches
+
+    data = fake_split(11)
+    data["segment_ids"][:] = 1
+    data["loss_mask"][:] = 1
+    hosts = [list(eval_batches(data, 2, split="val", shard_index=i, shard_count=3))
+             for i in range(3)]
+    assert all(len(h) == 2 for h in hosts)  # ceil(11 / 6) global batches
+    seen = [r for h in hosts for b in h for r, seg in zip(row_ids(b), b["segment_ids"][:, 0],
+                                                           strict=True) if seg]
+    assert sorted(seen) == list(range(11))
+    padding = [b for h in hosts for b in h if (b["segment_ids"][:, 0] == 0).any()]
+    assert all(b["input_ids"].shape == (2, 8) for h in hosts for b in h)
+    assert sum(int((b["loss_mask"][:, 0] == 0).sum()) for b in padding) == 1
