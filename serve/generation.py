@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -90,8 +91,11 @@ class GenerationRun:
         try:
             if len(self._requests) == 1:
                 index, req = self._requests[0]
-                async for delta in self._engine.generate(req):
-                    yield self._account(index, req.request_id, delta)
+                # aclosing: if our consumer stops early, the engine's generator is closed now
+                # (running its own cleanup), not whenever it is garbage collected.
+                async with aclosing(self._engine.generate(req)) as stream:
+                    async for delta in stream:
+                        yield self._account(index, req.request_id, delta)
             else:
                 async for index, rid, delta in self._merged():
                     yield self._account(index, rid, delta)
@@ -132,8 +136,9 @@ class GenerationRun:
 
         async def pump(index: int, req: GenerationRequest) -> None:
             try:
-                async for delta in self._engine.generate(req):
-                    queue.put_nowait((index, req.request_id, delta))
+                async with aclosing(self._engine.generate(req)) as stream:
+                    async for delta in stream:
+                        queue.put_nowait((index, req.request_id, delta))
                 queue.put_nowait((index, req.request_id, None))
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
                 queue.put_nowait((index, req.request_id, exc))

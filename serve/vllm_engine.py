@@ -181,6 +181,7 @@ class VllmEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._closed:
             raise EngineUnavailableError("the engine is shutting down")
@@ -203,6 +204,8 @@ class VllmEngine:
                 reason = completion.finish_reason if out.finished else None
                 yield GenerationDelta(completion.text, len(completion.token_ids),
                                       _finish_reason(reason))
+        except EngineDeadError as exc:
+            raise EngineUnavailableError("the vLLM engine has died; restart the server") from exc
         finally:
             # Closing vLLM's generator early (client gone) aborts the request inside vLLM.
             await stream.aclose()
