@@ -49,7 +49,8 @@ def checkpoint_manager(ckpt_dir: str | Path, *, options: ocp.CheckpointManagerOp
         # Writers register handlers from the save args, so the trainer can add any items.
         return ocp.CheckpointManager(root, options=options)
     # Readers name the `params` handler so its metadata (shapes, dtypes) can be read.
-    return ocp.CheckpointManager(root, options=options or ocp.CheckpointManagerOptions(read_only=True),
+    return ocp.CheckpointManager(root, options=options or ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False),
                                  item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler()})
 
 
