@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from train_jax.config.run_config import load_raw_run_config, run_config_from_dict
     from train_jax.distributed import initialize
 
+    if not getattr(args, "debug", False):
+        logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
     raw = load_raw_run_config(args.config, args.overrides)
     cfg = run_config_from_dict(raw)
     initialize(cfg.distributed)  # before anything touches a JAX backend

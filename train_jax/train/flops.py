@@ -59,7 +59,7 @@ def peak_flops(dtype: str, configured_tflops_per_device: float | None) -> float:
     """
     if configured_tflops_per_device is not None:
         return configured_tflops_per_device * 1e12 * jax.device_count()
-    measured = measure_matmul_peak(dtype)
+    measured = measure_matmul_peak(dtype, size=1024)
     if jax.default_backend() == "cpu":
         return measured * jax.process_count()
     return measured * jax.device_count()
