@@ -115,7 +115,8 @@ def plot_compare(path: Path, result: dict[str, Any]) -> None:
     for i, run in enumerate(runs):
         m = [run["metrics"][name] for name in metric_names]
         values = [v["value"] for v in m]
-        err = [[v["value"] - v["low"] for v in m], [v["high"] - v["value"] for v in m]]
+        err = [[max(0.0, v["value"] - v["low"]) for v in m],
+               [max(0.0, v["high"] - v["value"]) for v in m]]
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, yerr=err, capsize=4,
                label=run["name"])
     ax.set_xticks(x, metric_names)

@@ -69,8 +69,8 @@ def plot_metrics(path: Path, title: str, metrics: dict[str, dict[str, Any]]) -> 
     """Bar chart of metric values with 95% CI error bars."""
     names = list(metrics)
     values = [metrics[n]["value"] for n in names]
-    lower = [metrics[n]["value"] - metrics[n]["low"] for n in names]
-    upper = [metrics[n]["high"] - metrics[n]["value"] for n in names]
+    lower = [max(0.0, metrics[n]["value"] - metrics[n]["low"]) for n in names]
+    upper = [max(0.0, metrics[n]["high"] - metrics[n]["value"]) for n in names]
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
     ax.bar(names, values, yerr=[lower, upper], capsize=6, color="#4c72b0")
     ax.set_ylim(0, 1.05)

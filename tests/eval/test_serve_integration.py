@@ -1,0 +1,107 @@
+"""`jaxtune eval accuracy` and `jaxtune eval latency` against a real `jaxtune serve` (vLLM).
+
+One server on the random tiny Llama of `tests/fixtures/tiny_model.py` for the whole module;
+everything runs through the `jaxtune` console script, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.tiny_model import build_tiny_hf_model
+from tests.serve.fake_server import free_port
+
+# Engine start dominates (~45 s idle, 2+ min on a busy machine): kept out of the default run.
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+JAXTUNE = str(Path(sys.executable).parent / "jaxtune")
+REPO = Path(__file__).resolve().parents[2]
+SERVE_FLAGS = ("--enforce-eager", "--kv-cache-gib", "0.25", "--memory-fraction", "0.1",
+               "--max-model-len", "512")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("eval_serve")
+    model = build_tiny_hf_model(tmp / "tiny")
+    port = free_port()
+    log_path = tmp / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [JAXTUNE, "serve", "--model", str(model), "--name", "tiny", "--port", str(port),
+             *SERVE_FLAGS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jaxtune serve exited: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jaxtune serve not ready; see {log_path}")
+            time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def _jaxtune(*argv) -> subprocess.CompletedProcess:
+    result = subprocess.run([JAXTUNE, *map(str, argv)], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_accuracy_structured_and_chat_few_shot(server, tmp_path):
+    _jaxtune("eval", "accuracy", "--task", "viggo", "--data", REPO / "data/viggo/valid.csv",
+             "--base-url", server, "--model", "tiny", "--limit", 4, "--concurrency", 2,
+             "--max-tokens", 16, "--out", tmp_path / "viggo")
+    summary = json.loads((tmp_path / "viggo" / "results.json").read_text())
+    assert summary["n_examples"] == 4 and summary["config"]["endpoint"] == "completions"
+    assert summary["latency"]["completed"] == 4 and summary["latency"]["errors"] == 0
+    records = [json.loads(line) for line in
+               (tmp_path / "viggo" / "examples.jsonl").read_text().splitlines()]
+    assert all(r["prediction"] and r["request"]["output_tokens"] <= 16 for r in records)
+
+    _jaxtune("eval", "accuracy", "--task", "sql", "--data", REPO / "data/sql/valid.jsonl",
+             "--base-url", server, "--model", "tiny", "--limit", 3, "--style", "chat",
+             "--shots", 1, "--max-tokens", 16, "--out", tmp_path / "sql")
+    summary = json.loads((tmp_path / "sql" / "results.json").read_text())
+    assert summary["config"]["endpoint"] == "chat"
+    assert summary["latency"]["completed"] == 3
+    # A random model writes no SQL: every answer is wrong for a stated reason.
+    assert sum(summary["errors_by_kind"]["execution_match"].values()) == 3
+
+
+def test_latency_sweep_counts_exact_output_tokens(server, tmp_path):
+    _jaxtune("eval", "latency", "--base-url", server, "--model", "tiny", "--concurrency", "1,2",
+             "--rate", "4", "--num-requests", 4, "--warmup", 1, "--output-tokens", 8,
+             "--input-words", 16, "--out", tmp_path)
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [lv["label"] for lv in result["levels"]] == ["c=1", "c=2", "rate=4/s"]
+    for level in result["levels"]:
+        assert level["completed"] == 4 and level["errors"] == 0
+        assert level["output_tokens"] == 4 * 8  # ignore_eos: exactly max_tokens each
+        assert level["ttft_ms"]["p50"] > 0 and level["tpot_ms"]["n"] == 4
+    assert (tmp_path / "latency.png").stat().st_size > 0
