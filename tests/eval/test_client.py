@@ -1,6 +1,7 @@
 """The OpenAI-compatible client against the fake server: timing, errors, retries, cache."""
 
 import asyncio
+import statistics
 
 import pytest
 
@@ -27,13 +28,14 @@ def test_measured_ttft_and_itl_match_injected_delays():
         assert outcome.ok, outcome.error_message
         assert outcome.text == "a b c d e f"
         assert outcome.output_tokens == 6
-        # Injected delays are lower bounds; scheduling noise on a busy machine adds a little.
-        assert 0.19 <= outcome.ttft_s <= 0.2 + 0.15
         assert len(outcome.itl_s) == 5
-        for gap in outcome.itl_s:
-            assert 0.045 <= gap <= 0.05 + 0.05
+        # Injected delays are hard lower bounds (the server cannot be early)...
+        assert outcome.ttft_s >= 0.19 and min(outcome.itl_s) >= 0.045
         assert outcome.tpot_s == pytest.approx((outcome.e2e_s - outcome.ttft_s) / 5)
         assert outcome.e2e_s == pytest.approx(outcome.ttft_s + sum(outcome.itl_s), abs=1e-6)
+    # ...and scheduling noise on a shared 2-core machine only adds a little to the median.
+    assert statistics.median(o.ttft_s for o in outcomes) <= 0.2 + 0.1
+    assert statistics.median(g for o in outcomes for g in o.itl_s) <= 0.05 + 0.025
 
 
 def test_chat_endpoint_assembles_deltas():
