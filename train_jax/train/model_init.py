@@ -59,7 +59,7 @@ def load_initial_model(spec: ModelSpec, method: MethodConfig, seed: int) -> Init
 
         cfg, params = from_hf(spec.path, **options)
         assets = resolve_model_dir(spec.path)
-        source = {"kind": "hf", "path": str(spec.path)}
+        source = {"kind": "hf", "path": str(spec.path), "hf_dir": str(assets)}
     if spec.tokenizer is not None:
         assets = Path(spec.tokenizer)
     if not assets.is_dir():
