@@ -153,9 +153,21 @@ def test_import_errors(tmp_path):
     with pytest.raises(UnsupportedModelError, match="supported: llama, qwen2, mistral"):
         from_hf(src)
     (src / "config.json").write_text(json.dumps({**config, "intermediate_size": 512}))
-    with pytest.raises(ShapeMismatchError, match=r"mlp.down_proj.weight has shape \[128, 256\], but config.json implies \[128, 512\]"):
+    with pytest.raises(ShapeMismatchError, match=r"layers\.0\.mlp\.gate_proj\.weight has shape \[256, 128\], "
+                       r"but config.json implies \[512, 128\]"):
         from_hf(src)
     (src / "config.json").write_text(json.dumps(config))
     (src / "model.safetensors").unlink()
     with pytest.raises(MissingFileError, match="neither model.safetensors nor"):
         from_hf(src)
+
+
+@pytest.mark.parametrize("family", ["qwen2_bias", "smollm2_like", "gqa_head_dim_32"])
+def test_expected_shapes_match_the_flax_model(family):
+    from tests.train_jax.model.hf_reference import BASE, FAMILIES
+    from train_jax.model.config import ModelConfig
+
+    cfg = ModelConfig.from_hf_config({**BASE, **FAMILIES[family]})
+    assert names.expected_shapes(cfg) == names.model_param_shapes(cfg)
+    with_lora = names.model_param_shapes(cfg.replace(lora=LoraSpec(targets=("q_proj", "up_proj"))))
+    assert {p for p in with_lora if p[-1] not in names.LORA_LEAVES} == set(names.expected_shapes(cfg))

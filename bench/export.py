@@ -1,0 +1,105 @@
+"""Benchmark: `jaxtune export` of SmolLM2-135M vs a plain `safetensors.numpy.save_file`.
+
+Both write the same bf16 tensors (HF names and layout) to local disk. The jaxtune side is
+`export_checkpoint` (what `jaxtune export` runs: orbax restore of `params`, transpose to the HF
+layout, safetensors write, config / tokenizer / generation config); the peer only writes
+arrays already in memory in HF layout. Also reported: export from a checkpoint saved with
+orbax defaults (compressed, as training writes them) and the full CLI in a fresh process
+(interpreter and JAX start-up included). Target: export <= 2x the peer.
+
+    .venv/bin/python bench/export.py [--model HF_DIR] [--repeats 3] [--plot PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_MODEL = REPO / "runs" / "models" / "smollm2-135m-instruct"
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="HF folder (fetched with `jaxtune model fetch smollm2-135m-instruct` if absent)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")
+    args = parser.parse_args()
+
+    import orbax.checkpoint as ocp
+    from safetensors.numpy import save_file
+
+    from train_jax import checkpoint as ckpt
+    from train_jax.convert.fetch import fetch_model
+    from train_jax.convert.hf_export import export_checkpoint, hf_tensors
+    from train_jax.convert.hf_import import from_hf
+
+    fetch_model("smollm2-135m-instruct", args.model)
+    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        cfg, params = from_hf(args.model)
+        ckpt.write_model_checkpoint(work / "ckpt", params, cfg, assets_from=args.model)
+        # A checkpoint as the trainer writes it: orbax defaults (zarr-compressed arrays).
+        ckpt.write_checkpoint_info(work / "train_ckpt", cfg, assets_from=args.model)
+        with ckpt.checkpoint_manager(work / "train_ckpt") as manager:
+            manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+            manager.wait_until_finished()
+        arrays = dict(hf_tensors(params, cfg, "bfloat16"))
+        size_mb = sum(a.nbytes for a in arrays.values()) / 1e6
+
+        peer = _timed(lambda: save_file(arrays, work / "peer.safetensors", metadata={"format": "pt"}),
+                      args.repeats)
+        ours = _timed(lambda: export_checkpoint(work / "ckpt", work / "export", dtype="bf16"), args.repeats)
+        compressed = _timed(lambda: export_checkpoint(work / "train_ckpt", work / "export2", dtype="bf16"),
+                            args.repeats)
+        cli_cmd = [str(Path(sys.executable).parent / "jaxtune"), "export", "--checkpoint",
+                   str(work / "ckpt"), "--out", str(work / "export_cli"), "--dtype", "bf16"]
+        cli = _timed(lambda: subprocess.run(cli_cmd, check=True, capture_output=True), args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = [("safetensors.numpy.save_file (peer)", peer), ("export_checkpoint (jaxtune export, in process)", ours),
+            ("same, from a compressed (trainer-default) checkpoint", compressed),
+            ("`jaxtune export` CLI (fresh process)", cli)]
+    base = statistics.median(peer)
+    print(f"SmolLM2-135M bf16, {len(arrays)} tensors, {size_mb:.0f} MB; median of {args.repeats}")
+    print(f"{'':50s} {'median s':>9s} {'min s':>7s} {'x peer':>7s}")
+    for name, times in rows:
+        print(f"{name:50s} {statistics.median(times):9.2f} {min(times):7.2f} "
+              f"{statistics.median(times) / base:6.2f}x")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 2.8))
+        ax.barh([r[0] for r in rows][::-1], [statistics.median(r[1]) for r in rows][::-1], color="#4a7")
+        ax.set_xlabel("seconds (median)")
+        ax.set_title(f"Export of SmolLM2-135M ({size_mb:.0f} MB bf16)")
+        fig.tight_layout()
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
