@@ -82,9 +82,10 @@ def test_packed_losses_equal_each_example_alone(tmp_path, bytelevel_tokenizer):
     model_cfg = ModelConfig.from_hf_config({**TINY_CONFIG, "vocab_size": len(bytelevel_tokenizer),
                                             "hidden_size": 64, "intermediate_size": 128,
                                             "head_dim": 32})
-    model = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(params=0))
-    packed_logits = model(batch["input_ids"], positions=batch["positions"],
-                          segment_ids=batch["segment_ids"])
+    # jit: op-by-op eager dispatch of the model costs tens of seconds on a busy machine.
+    model = nnx.jit(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(params=0)))()
+    forward = nnx.jit(lambda m, ids, pos, seg: m(ids, positions=pos, segment_ids=seg))
+    packed_logits = forward(model, batch["input_ids"], batch["positions"], batch["segment_ids"])
     packed = per_segment_losses(packed_logits[0], batch["targets"][0],
                                 batch["loss_mask"][0].astype(np.float64), segments)
 
@@ -100,14 +101,14 @@ def test_packed_losses_equal_each_example_alone(tmp_path, bytelevel_tokenizer):
         alone_targets[k, :n] = batch["targets"][0][span]
         alone_mask[k, :n] = batch["loss_mask"][0][span]
         alone_segments[k, :n] = 1
-    alone_logits = model(alone_ids)
+    alone_logits = forward(model, alone_ids, None, None)
     for k, seg in enumerate(sorted(packed)):
         alone = per_segment_losses(alone_logits[k], alone_targets[k], alone_mask[k],
                                    alone_segments[k])[1]
         assert packed[seg] == pytest.approx(alone, rel=1e-5, abs=1e-6)
 
     # Control: without segment ids/positions, later examples see earlier ones and differ.
-    leaky_logits = model(batch["input_ids"])
+    leaky_logits = forward(model, batch["input_ids"], None, None)
     leaky = per_segment_losses(leaky_logits[0], batch["targets"][0],
                                batch["loss_mask"][0].astype(np.float64), segments)
     assert leaky[1] == pytest.approx(packed[1], rel=1e-5)
