@@ -21,14 +21,14 @@ def variable_logical_axes(var: nnx.Variable) -> axes.LogicalAxes:
     """The logical axes stored on a model variable (replicated when it has none, e.g. RNG)."""
     logical = var.get_metadata().get("logical_axes")
     if logical is None:
-        return (None,) * jax.numpy.ndim(var[...])
+        return (None,) * len(var.get_value().shape)
     return tuple(logical)
 
 
 def state_specs(state: nnx.State, mesh: Mesh) -> Any:
     """A pure nested dict of PartitionSpecs matching `state.to_pure_dict()`."""
     def spec(var: nnx.Variable) -> PartitionSpec:
-        value = var[...]
+        value = var.get_value()
         return logical_to_spec(variable_logical_axes(var), value.shape, mesh)
 
     specs = jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
