@@ -41,7 +41,16 @@ def load_tokenizer(model: str | Path) -> Any:
     path = Path(model)
     if (path / "jaxtune_checkpoint.json").is_file():
         path = path / "hf_assets"  # a jaxtune checkpoint keeps the base tokenizer here
-    source = str(path) if path.exists() else str(model)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("tokenizer.json",
+                                                        "tokenizer_config.json")):
+            raise ValueError(f"{path}: no tokenizer files; --model must be a HF model folder "
+                             "with a fast tokenizer, a jaxtune checkpoint or a hub id")
+        source = str(path)
+    elif str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
+        raise FileNotFoundError(f"model folder not found: {model}")
+    else:
+        source = str(model)  # a hub id (needs network)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model}: no fast tokenizer (tokenizer.json) found")

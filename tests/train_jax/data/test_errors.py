@@ -81,3 +81,15 @@ def test_cli_skip_bad_rows_counts_them(tmp_path, capsys):
     assert train["bad_rows"][0].startswith(f"{data}:2: malformed JSON")
     assert "Skipped bad rows" in (out / "report.md").read_text()
     assert "2 examples" in capsys.readouterr().out
+
+
+def test_cli_model_without_tokenizer_is_a_one_line_error(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "t.jsonl", [GOOD])
+    (tmp_path / "empty").mkdir()
+    for model, message in ((tmp_path / "missing", "model folder not found"),
+                           (tmp_path / "empty", "no tokenizer files")):
+        argv = prepare_argv(data, tmp_path / "out")
+        argv[argv.index("--model") + 1] = str(model)
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("jaxtune: error: ") and message in err and "\n" not in err
