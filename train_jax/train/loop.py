@@ -137,8 +137,16 @@ def train(cfg: RunConfig) -> RunResult:
     fraction = n_train / max(n_train + n_frozen, 1)
     flops_per_token = train_flops_per_token(initial.cfg, length, fraction)
     peak = peak_flops(cfg.model.dtype, cfg.train.peak_tflops_per_device)
+    task_metric = None
+    if cfg.eval.task_samples:
+        from train_jax.train.task_metric import TaskMetric
+
+        task_metric = TaskMetric(cfg.data.sources[0], initial.assets_dir, cfg.eval.task_samples,
+                                 cfg.eval.max_new_tokens)
     loop = _Loop(cfg, steps, feed, checkpointer, metrics, val_sets, train_shape,
-                 flops_per_token * cfg.train.batch_size * length, peak)
+                 flops_per_token * cfg.train.batch_size * length, peak,
+                 (lambda s: task_metric(parts.merge(s["trainable"], s["frozen"], train=False)))
+                 if task_metric else None)
     try:
         with _StopFlag() as stop:
             result = loop.run(state, stop)
@@ -155,12 +163,14 @@ class _Loop:
 
     def __init__(self, cfg: RunConfig, steps: Any, feed: BatchFeed, checkpointer: TrainCheckpointer,
                  metrics: MetricsLogger, val_sets: list[tuple[str, dict[str, np.ndarray]]],
-                 train_shape: tuple[int, int, int], flops_per_step: float, peak: float):
+                 train_shape: tuple[int, int, int], flops_per_step: float, peak: float,
+                 task_metric: Any = None):
         self.cfg, self.steps, self.feed = cfg, steps, feed
         self.checkpointer, self.metrics, self.val_sets = checkpointer, metrics, val_sets
         self.train_shape, self.flops_per_step, self.peak = train_shape, flops_per_step, peak
         self.shardings = steps.batch_shardings(train_shape)
         self.config_dict = cfg.to_dict()
+        self.task_metric = task_metric
 
     def evaluate(self, state: Any) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -186,7 +196,7 @@ class _Loop:
         started = time.perf_counter()
         bar = _progress(cfg.progress and jax.process_index() == 0, step, total)
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        last_saved, last_loss = step, None
+        last_saved, last_loss, last_eval = step, None, step
         while step < total and stop.signum is None:
             if time.perf_counter() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
@@ -210,8 +220,11 @@ class _Loop:
                           "epoch": round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)}
                 window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
             every = self.cfg.eval.every
-            if self.val_sets and every and (step % every == 0 or step == total):
+            if every and (step % every == 0 or step == total):
                 values.update(self.evaluate(state))
+                if self.task_metric is not None:
+                    values.update(self.task_metric(state))
+                last_eval = step
             if values:
                 self.metrics.log(step, values)
                 if bar is not None:
@@ -225,7 +238,14 @@ class _Loop:
         if bar is not None:
             bar.close()
         if step != last_saved:
-            self.save(state, {})
+            final: dict[str, Any] = {}
+            if stop.signum is None and self.cfg.eval.every and last_eval != step:
+                final = self.evaluate(state)  # a budget stop still gets ranked and logged
+                if self.task_metric is not None:
+                    final.update(self.task_metric(state))
+                if final:
+                    self.metrics.log(step, final)
+            self.save(state, final)
         self.checkpointer.wait()
         logger.info("stopped at step %d of %d", step, total)
         return RunResult(step, stop.signum, last_loss)
