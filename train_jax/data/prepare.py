@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from eval.tasks import TASK_NAMES, get_task, prompting
+from eval.tasks.records import TaskExample
 from train_jax.data import cleaning, hub
 from train_jax.data.config import DataConfig
 from train_jax.data.packing import ARRAY_NAMES, assign_rows, build_arrays, packing_efficiency
@@ -120,6 +122,7 @@ def cache_key(cfg: DataConfig, tokenizer: Any) -> str:
         "config": config,
         "files": {name: _file_fingerprint(spec) for name, spec in files.items()},
         "tokenizer": tokenizer_fingerprint(tokenizer),
+        "prompts": prompt_fingerprint(cfg.task),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -131,6 +134,18 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
                   tokenizer.bos_token or "", tokenizer.pad_token or ""):
         digest.update(b"\x00" + str(extra).encode())
     return digest.hexdigest()
+
+
+def prompt_fingerprint(task: str) -> str:
+    """Hash of how `task` renders a probe example, so edited prompt text invalidates caches."""
+    if task not in TASK_NAMES:
+        probe = prompting.structured_prompt("\x00probe")
+        return hashlib.sha256(probe.encode()).hexdigest()
+    module = get_task(task)
+    example = TaskExample(inputs={name: f"\x00{name}" for name in module.INPUT_FIELDS},
+                          target="\x00target")
+    rendered = [module.structured_prompt(example), module.chat_messages(example, [example])]
+    return hashlib.sha256(json.dumps(rendered, sort_keys=True).encode()).hexdigest()
 
 
 def _file_fingerprint(spec: str | None) -> str | None:

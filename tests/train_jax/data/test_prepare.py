@@ -50,11 +50,18 @@ def test_same_inputs_reuse_the_directory_and_changes_rebuild(tmp_path, bytelevel
     prepare_dataset(DataConfig(**{**cfg.to_dict(), "max_length": 384}), bytelevel_tokenizer,
                     tmp_path / "out", progress=False)
     assert builds == [1]
+    # Edited prompt text in eval.tasks (shared with evaluation) invalidates the cache too.
+    from eval.tasks import viggo
+
+    monkeypatch.setattr(viggo, "INSTRUCTION", viggo.INSTRUCTION + " Be exact.")
+    prepare_dataset(DataConfig(**{**cfg.to_dict(), "max_length": 384}), bytelevel_tokenizer,
+                    tmp_path / "out", progress=False)
+    assert builds == [1, 1]
     with open(data, "a", encoding="utf-8") as handle:  # same path, new content
         handle.write('"inform(name[X])","X is a game."\n')
     changed = prepare_dataset(DataConfig(**{**cfg.to_dict(), "max_length": 384}),
                               bytelevel_tokenizer, tmp_path / "out", progress=False)
-    assert builds == [1, 1] and changed.meta["splits"]["train"]["examples"] == 21
+    assert builds == [1, 1, 1] and changed.meta["splits"]["train"]["examples"] == 21
 
 
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path, bytelevel_tokenizer):
