@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from eval.tasks.records import DataFormatError
-from train_jax.data.cleaning import CleaningResult, LeakageReport
+from train_jax.data.cleaning import BAD_ROW, CleaningResult, LeakageReport
 from train_jax.data.config import DataConfig
 from train_jax.data.sources import Sample
 from train_jax.data.tokenization import TokenizedExample
@@ -44,7 +44,7 @@ class SplitStats:
         self.rows_read += n_samples + len(bad)
         self.bad_rows.extend(str(e) for e in bad)
         for _ in bad:
-            self.cleaning.dropped["bad_row"] += 1
+            self.cleaning.dropped[BAD_ROW] += 1
 
     def record_cleaning(self, result: CleaningResult) -> None:
         self.cleaning.dropped.update(result.dropped)
