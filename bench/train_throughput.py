@@ -1,0 +1,202 @@
+"""Training throughput: the jaxtune train step vs a PyTorch + transformers AdamW loop.
+
+Same model (an HF folder, e.g. SmolLM2-135M-Instruct), same batch (rows x length), full
+fine-tuning with AdamW, fp32 and bf16 compute (JAX: bf16 matmuls on fp32 master weights;
+PyTorch: `torch.autocast(bfloat16)`), on random-token batches and on packed ViGGO batches.
+Reports tokens/s, the ratio jaxtune / PyTorch, and MFU = model FLOPs / measured matmul peak
+of the dtype (the better of JAX's and PyTorch's 2048^3 matmul on this machine).
+
+    .venv/bin/python bench/train_throughput.py --model runs/models/smollm2-135m-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="HF model folder")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile, caches)")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--batches", default="random,viggo", help="random and/or viggo")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    return parser.parse_args()
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+def random_batch(rows: int, length: int, vocab: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, size=(rows, length + 1), dtype=np.int32)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
+            "loss_mask": np.ones((rows, length), np.uint8),
+            "segment_ids": np.ones((rows, length), np.int32),
+            "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()}
+
+
+def viggo_batch(model_dir: str, rows: int, length: int) -> dict[str, np.ndarray]:
+    from train_jax.data.config import DataConfig
+    from train_jax.data.iterator import BatchIterator
+    from train_jax.data.prepare import prepare_dataset
+
+    cfg = DataConfig(task="viggo", train_file=str(REPO / "data/viggo/train.csv"),
+                     max_length=length, val_fraction=0.0)
+    out = Path(tempfile.gettempdir()) / f"jaxtune_bench_viggo_{length}"
+    dataset = prepare_dataset(cfg, model_dir, out, progress=False)
+    return next(BatchIterator(dataset, rows, seed=0))
+
+
+# --- jaxtune ---------------------------------------------------------------------------------
+
+def time_jaxtune(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps: int,
+                 warmup: int) -> list[float]:
+    import jax
+
+    from train_jax.config.run_config import MeshConfig, MethodConfig, ModelSpec, OptimizerConfig
+    from train_jax.sharding.mesh import build_mesh
+    from train_jax.train.model_init import load_initial_model
+    from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
+    from train_jax.train.partition import ModelParts
+    from train_jax.train.step import build_steps, init_state, put_batch
+
+    spec = ModelSpec(path=model_dir, dtype=dtype, param_dtype="float32")
+    method = MethodConfig()
+    initial = load_initial_model(spec, method, seed=0)
+    parts, trainable, frozen = ModelParts.split(initial.model, method)
+    opt = OptimizerConfig(learning_rate=1e-5, schedule="constant", weight_decay=0.01)
+    schedule = learning_rate_schedule(opt, 100)
+    tx = build_optimizer(opt, schedule)
+    mesh = build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    shape = (1, *batch["input_ids"].shape)
+    fns = build_steps(parts, tx, schedule, mesh, trainable, shape)
+    state = init_state(parts, tx, trainable, frozen, fns.state_shardings)
+    placed = put_batch({k: v[None] for k, v in batch.items()}, fns.batch_shardings(shape), shape)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = fns.train_step(state, placed)
+        jax.block_until_ready(metrics["loss"])
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del state, initial
+    gc.collect()
+    return times
+
+
+# --- PyTorch + transformers ------------------------------------------------------------------
+
+def time_torch(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps: int,
+               warmup: int) -> list[float]:
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+    input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+    labels = torch.from_numpy(np.where(batch["loss_mask"] > 0, batch["targets"], -100)
+                              .astype(np.int64))
+    positions = torch.from_numpy(batch["positions"].astype(np.int64))
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        with autocast:
+            logits = model(input_ids=input_ids, position_ids=positions).logits
+        # Labels are already next-token targets: plain token cross-entropy, no shift.
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                                 ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del model, optimizer
+    gc.collect()
+    return times
+
+
+# --- peaks -----------------------------------------------------------------------------------
+
+def torch_matmul_peak(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    from train_jax.convert.hf_import import load_hf_config
+    from train_jax.model.config import ModelConfig
+    from train_jax.train.flops import measure_matmul_peak, train_flops_per_token
+
+    cfg = ModelConfig.from_hf_config(load_hf_config(args.model))
+    flops_per_token = train_flops_per_token(cfg, args.length)
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    peaks = {}
+    for dtype in dtypes:
+        jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
+        peaks[dtype] = max(jax_peak, torch_peak)
+        print(f"matmul peak {dtype}: JAX {jax_peak / 1e9:.0f} GFLOP/s, PyTorch "
+              f"{torch_peak / 1e9:.0f} GFLOP/s -> MFU denominator {peaks[dtype] / 1e9:.0f}")
+    results = []
+    for kind in [b for b in args.batches.split(",") if b]:
+        batch = (random_batch(args.rows, args.length, cfg.vocab_size) if kind == "random"
+                 else viggo_batch(args.model, args.rows, args.length))
+        tokens = int(np.count_nonzero(batch["segment_ids"]))
+        positions = batch["input_ids"].size
+        for dtype in dtypes:
+            row = {"batch": kind, "dtype": dtype, "tokens_per_step": tokens}
+            for name, fn in (("jaxtune", time_jaxtune), ("pytorch", time_torch)):
+                times = fn(args.model, batch, dtype, args.steps, args.warmup)
+                step_s = statistics.median(times)
+                row[f"{name}_step_s"] = step_s
+                row[f"{name}_tokens_per_s"] = tokens / step_s
+                row[f"{name}_mfu"] = flops_per_token * positions / step_s / peaks[dtype]
+                print(f"  {kind:6s} {dtype:8s} {name:8s} median step {step_s:6.2f} s  "
+                      f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
+                      flush=True)
+            row["ratio"] = row["jaxtune_tokens_per_s"] / row["pytorch_tokens_per_s"]
+            results.append(row)
+    print()
+    print("| batch | dtype | jaxtune tok/s | PyTorch tok/s | jaxtune / PyTorch | jaxtune MFU "
+          "| PyTorch MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['batch']} | {r['dtype']} | {r['jaxtune_tokens_per_s']:.0f} | "
+              f"{r['pytorch_tokens_per_s']:.0f} | {r['ratio']:.2f}x | {r['jaxtune_mfu']:.1%} | "
+              f"{r['pytorch_mfu']:.1%} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"peaks": peaks, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
