@@ -2,7 +2,7 @@
 
 Reads `config.json` and `model.safetensors` or the shards listed in
 `model.safetensors.index.json`; weights keep their stored dtype (bf16, fp16 or fp32) unless
-`dtype` asks for a cast, so HF -> Flax -> HF is bit-exact.
+`weight_dtype` asks for a cast, so HF -> Flax -> HF is bit-exact.
 """
 
 from __future__ import annotations
@@ -97,13 +97,14 @@ def read_tensors(files: dict[str, Path], wanted: list[str]) -> dict[str, np.ndar
     return out
 
 
-def from_hf(model_dir: str | Path, *, dtype: str | None = None,
+def from_hf(model_dir: str | Path, *, weight_dtype: str | None = None,
             **config_options: Any) -> tuple[ModelConfig, dict[str, Any]]:
     """Read an HF folder (or hub id) into a `ModelConfig` and the pure-dict params tree.
 
-    `dtype` (`float32`/`bfloat16`/`float16`) casts every weight; by default weights keep their
-    stored dtype. `config_options` are jaxtune options passed to `ModelConfig.from_hf_config`
-    (e.g. `dtype=`, `param_dtype=`, `lora=`); LoRA adapters are not created here.
+    `weight_dtype` (`float32`/`bfloat16`/`float16`) casts every weight; by default weights keep
+    their stored dtype. `config_options` are jaxtune options passed to
+    `ModelConfig.from_hf_config` (e.g. compute `dtype=`, `param_dtype=`, `lora=`); they do not
+    change the returned arrays. LoRA adapters are not created here.
     """
     model_dir = resolve_model_dir(model_dir)
     cfg = ModelConfig.from_hf_config(load_hf_config(model_dir), **config_options)
@@ -135,7 +136,7 @@ def from_hf(model_dir: str | Path, *, dtype: str | None = None,
             want = spec.shape[::-1] if transposed else spec.shape
             raise ShapeMismatchError(f"tensor {name} has shape {list(stored)}, but config.json implies "
                                      f"{list(want)}")
-        flat[path] = array.astype(numpy_dtype(dtype)) if dtype else array
+        flat[path] = array.astype(numpy_dtype(weight_dtype)) if weight_dtype else array
     logger.info("imported %d tensors from %s (%s)", len(flat), model_dir,
                 ", ".join(sorted({a.dtype.name for a in flat.values()})))
     return cfg, names.unflatten(flat)

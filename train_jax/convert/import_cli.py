@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConversionError(f"--out {out} already exists and is not empty; choose a new directory")
     start = time.perf_counter()
     model_dir = resolve_model_dir(args.model)
-    cfg, params = from_hf(model_dir, dtype=canonical_dtype(args.dtype) if args.dtype else None)
+    cfg, params = from_hf(model_dir, weight_dtype=canonical_dtype(args.dtype) if args.dtype else None)
     ckpt.write_model_checkpoint(out, params, cfg, assets_from=model_dir,
                                 source={"hf_dir": str(args.model), "resolved_dir": str(model_dir)})
     print(f"imported {args.model} ({cfg.model_type}, {cfg.num_hidden_layers} layers) -> {out} "

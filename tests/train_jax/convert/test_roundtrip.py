@@ -171,3 +171,20 @@ def test_expected_shapes_match_the_flax_model(family):
     assert names.expected_shapes(cfg) == names.model_param_shapes(cfg)
     with_lora = names.model_param_shapes(cfg.replace(lora=LoraSpec(targets=("q_proj", "up_proj"))))
     assert {p for p in with_lora if p[-1] not in names.LORA_LEAVES} == set(names.expected_shapes(cfg))
+
+
+def test_config_options_do_not_cast_weights_and_weight_dtype_does(tmp_path):
+    cfg, params = from_hf(TINYSTORIES_DIR, dtype="bfloat16", param_dtype="float32")
+    assert (cfg.dtype, cfg.param_dtype) == ("bfloat16", "float32")
+    assert params["embed_tokens"]["embedding"].dtype == ml_dtypes.bfloat16  # as stored
+    _, cast = from_hf(TINYSTORIES_DIR, weight_dtype="float32")
+    assert cast["norm"]["scale"].dtype == np.float32
+    np.testing.assert_array_equal(cast["norm"]["scale"], params["norm"]["scale"].astype(np.float32))
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    from train_jax.convert.errors import MissingFileError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingFileError, match="could not be downloaded from the Hugging Face hub"):
+        from_hf("jaxtune-test/no-such-model")
