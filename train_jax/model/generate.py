@@ -1,8 +1,11 @@
-"""Greedy / temperature sampling with the Flax model (no KV cache: fine for tests and metrics).
+"""Greedy / temperature sampling with the Flax model, with a KV cache.
 
-Every step re-runs the model over a fixed (B, prompt + new) buffer, so the whole loop is one
-jitted `fori_loop` compiled once per (batch, length) shape. Causal attention means the
-not-yet-written tail of the buffer never influences earlier positions.
+Prompts are left-padded to a common length P so that every row writes its next token at the
+same cache column; each row's positions start at 0 at its first real token and padding keys
+are masked out. One prefill pass fills the (layers, B, P + new, K, H) cache, then each step runs
+the model on one token per row. The whole loop is one jitted function, compiled once per
+(batch, P, new tokens) shape. The layers are the model's own modules (projections, norms,
+MLP, LoRA adapters); only the attention over the cache is written here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from train_jax.model.llama import LlamaForCausalLM
+from train_jax.model.llama import LlamaForCausalLM, apply_rope, rope_cos_sin, rope_inv_freq
 
 
 def generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
@@ -23,46 +26,93 @@ def generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], max_new_
     """Continue each prompt by up to `max_new_tokens` tokens; returns only the new tokens.
 
     `temperature == 0` is greedy decoding. A row stops after emitting an `eos_token_id`
-    (kept in its output).
+    (kept in its output). Dropout is off; `model` itself is not modified.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one non-empty prompt")
     if max_new_tokens <= 0:
         return [[] for _ in prompts]
-    lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
-    total = max(len(p) for p in prompts) + max_new_tokens
-    buffer = jnp.full((len(prompts), total), pad_token_id, jnp.int32)
-    for row, prompt in enumerate(prompts):
-        buffer = buffer.at[row, : len(prompt)].set(jnp.asarray(prompt, jnp.int32))
+    width = max(len(p) for p in prompts)
+    padded = [[pad_token_id] * (width - len(p)) + list(p) for p in prompts]
+    pad = jnp.asarray([width - len(p) for p in prompts], jnp.int32)
     eos_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    # -1 never matches a token; padding the list to a fixed size avoids recompiles.
+    # -1 never matches a token; a fixed-size list avoids recompiles.
     eos = jnp.asarray((eos_ids + [-1] * 8)[: max(8, len(eos_ids))], jnp.int32)
     graphdef, state = nnx.split(model)
-    tokens, new_count = _decode(graphdef, state, buffer, lengths, eos, jax.random.key(seed),
-                                max_new_tokens, jnp.float32(temperature))
+    tokens, new_count = _decode(graphdef, state, jnp.asarray(padded, jnp.int32), pad, eos,
+                                jax.random.key(seed), max_new_tokens, jnp.float32(temperature))
     tokens, new_count = jax.device_get((tokens, new_count))
-    return [tokens[row, len(p): len(p) + int(new_count[row])].tolist() for row, p in enumerate(prompts)]
+    return [tokens[row, : int(new_count[row])].tolist() for row in range(len(prompts))]
+
+
+def _forward(model: LlamaForCausalLM, tokens, positions, mask, cache, start):
+    """Logits (B, S, V) of `tokens` (B, S) written at cache columns [start, start + S)."""
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    b, s = tokens.shape
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+    table = model.embed_tokens["embedding"][...]
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
+    keys, values = cache
+    new_keys, new_values = [], []
+    for layer, block in enumerate(model.layers):
+        attn = block.self_attn
+        h = block.input_layernorm(x)
+        q = apply_rope(attn.q_proj(h).reshape(b, s, attn.num_heads, attn.head_dim), cos, sin)
+        k = apply_rope(attn.k_proj(h).reshape(b, s, attn.num_kv_heads, attn.head_dim), cos, sin)
+        v = attn.v_proj(h).reshape(b, s, attn.num_kv_heads, attn.head_dim)
+        layer_k = jax.lax.dynamic_update_slice_in_dim(keys[layer], k.astype(keys.dtype), start, axis=1)
+        layer_v = jax.lax.dynamic_update_slice_in_dim(values[layer], v.astype(values.dtype), start, axis=1)
+        new_keys.append(layer_k)
+        new_values.append(layer_v)
+        out = jax.nn.dot_product_attention(q, layer_k.astype(q.dtype), layer_v.astype(q.dtype), mask=mask)
+        x = x + attn.o_proj(out.reshape(b, s, attn.num_heads * attn.head_dim))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+    x = model.norm(x)
+    logits = x @ table.astype(dtype).T if model.lm_head is None else model.lm_head(x)
+    return logits.astype(jnp.float32), (jnp.stack(new_keys), jnp.stack(new_values))
+
+
+def _pick(logits, temperature, key):
+    key, sub = jax.random.split(key)
+    # temperature is traced (no recompile per value); 0 selects the argmax.
+    sampled = jax.random.categorical(sub, logits / jnp.maximum(temperature, 1e-6))
+    return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32), key
 
 
 @partial(jax.jit, static_argnums=(0, 6))
-def _decode(graphdef, state, buffer, lengths, eos, key, max_new_tokens: int, temperature):
+def _decode(graphdef, state, prompts, pad, eos, key, max_new_tokens: int, temperature):
     model = nnx.merge(graphdef, state)
-    rows = jnp.arange(buffer.shape[0])
+    model.eval()  # the merged copy only: dropout off while decoding
+    cfg = model.cfg
+    b, width = prompts.shape
+    total = width + max_new_tokens
+    columns = jnp.arange(total)
+    valid_key = columns[None, :] >= pad[:, None]  # (B, T): False on left padding
+    shape = (cfg.num_hidden_layers, b, total, cfg.num_key_value_heads, cfg.head_dim)
+    cache = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+
+    # Prefill. Padding queries attend to themselves only, so no softmax row is empty.
+    rows = jnp.arange(width)
+    causal = columns[None, :] <= rows[:, None]  # (P, T)
+    own = columns[None, :] == rows[:, None]
+    mask = (causal[None] & valid_key[:, None, :]) | own[None]  # (B, P, T)
+    positions = jnp.maximum(rows[None, :] - pad[:, None], 0)
+    logits, cache = _forward(model, prompts, positions, mask[:, None], cache, 0)
+    token, key = _pick(logits[:, -1], temperature, key)
 
     def step(i, carry):
-        buffer, done, new_count, key = carry
-        logits = model(buffer)[rows, lengths + i - 1]  # (B, V) at each row's last token
-        key, sub = jax.random.split(key)
-        # temperature is traced (no recompile per value); 0 selects the argmax.
-        sampled = jax.random.categorical(sub, logits / jnp.maximum(temperature, 1e-6))
-        token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-        token = jnp.where(done, buffer[rows, lengths + i], token)
-        buffer = buffer.at[rows, lengths + i].set(token)
-        new_count = new_count + (~done).astype(jnp.int32)
+        out, token, done, count, cache, key = carry
+        out = out.at[:, i].set(jnp.where(done, 0, token))
+        count = count + (~done).astype(jnp.int32)
         done = done | jnp.isin(token, eos)
-        return buffer, done, new_count, key
+        column = width + i
+        step_mask = (valid_key & (columns[None, :] <= column))[:, None, None, :]  # (B, 1, 1, T)
+        logits, cache = _forward(model, token[:, None], (column - pad)[:, None], step_mask, cache, column)
+        token, key = _pick(logits[:, 0], temperature, key)
+        return out, token, done, count, cache, key
 
-    done = jnp.zeros(buffer.shape[0], bool)
-    init = (buffer, done, jnp.zeros(buffer.shape[0], jnp.int32), key)
-    buffer, _, new_count, _ = jax.lax.fori_loop(0, max_new_tokens, step, init)
-    return buffer, new_count
+    out = jnp.zeros((b, max_new_tokens), jnp.int32)
+    init = (out, token, jnp.zeros(b, bool), jnp.zeros(b, jnp.int32), cache, key)
+    out, _, _, count, _, _ = jax.lax.fori_loop(0, max_new_tokens, step, init)
+    return out, count

@@ -50,3 +50,29 @@ def test_stops_at_eos_and_samples_with_temperature(tinystories):
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(model, [[]], 4)
     assert np.all(np.asarray(hot) < 2048)
+
+
+def test_lora_model_decodes_like_its_merged_export_with_dropout_off():
+    from train_jax.convert import names
+    from train_jax.convert.flax_model import model_from_params
+    from train_jax.convert.hf_export import merge_lora
+    from train_jax.convert.hf_import import from_hf
+    from train_jax.model.config import LoraSpec
+
+    lora = LoraSpec(rank=4, alpha=8.0, dropout=0.5, targets=("q_proj", "v_proj", "down_proj"))
+    cfg, params = from_hf(TINYSTORIES_DIR, weight_dtype="float32", lora=lora)
+    rng = np.random.default_rng(0)
+    flat = names.flatten(params)
+    for path in list(flat):
+        if path[-1] == "kernel" and path[-2] in lora.targets:
+            fan_in, fan_out = flat[path].shape
+            flat[(*path[:-1], "lora_a")] = (0.3 * rng.standard_normal((fan_in, 4))).astype(np.float32)
+            flat[(*path[:-1], "lora_b")] = (0.3 * rng.standard_normal((4, fan_out))).astype(np.float32)
+    with_lora = names.unflatten(flat)
+    adapted = model_from_params(cfg, with_lora)
+    merged = model_from_params(cfg.replace(lora=None), merge_lora(with_lora, lora))
+    base = model_from_params(cfg.replace(lora=None), params)
+    prompt = [[1, 64, 349, 1148, 16, 352, 392]]
+    out = generate(adapted, prompt, 12)
+    assert out == generate(merged, prompt, 12)  # adapters used, dropout (p=0.5) off
+    assert out != generate(base, prompt, 12)  # and they change the model
