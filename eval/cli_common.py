@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from eval.client import ClientConfig
@@ -22,9 +23,15 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retries when the connection cannot be made (default 3)")
 
 
+def quiet_http_logs() -> None:
+    """httpx logs every request at INFO; thousands of lines would bury the progress bar."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def client_config_from_args(args: argparse.Namespace, *, endpoint: str = "completions",
                             concurrency: int = 8) -> ClientConfig:
-    """A `ClientConfig` from the shared flags."""
+    """A `ClientConfig` from the shared flags (and quiet per-request HTTP logs)."""
+    quiet_http_logs()
     return ClientConfig(base_url=args.base_url, model=args.model, endpoint=endpoint,
                         concurrency=concurrency, timeout_s=args.timeout,
                         max_retries=args.retries,
