@@ -40,9 +40,16 @@ def run(args: argparse.Namespace) -> int:
     """Export; prints what was written."""
     if args.out is None and args.peft_adapter is None:
         raise ConversionError("give --out HF_DIR and/or --peft-adapter DIR")
+    from train_jax.checkpoint.store import resolve_step
+    from train_jax.provenance import build_provenance, write_provenance
+
     start = time.perf_counter()
-    export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, step=args.step,
+    step = resolve_step(args.checkpoint, args.step)
+    export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, step=step,
                       max_shard_bytes=args.max_shard_size, peft_adapter_dir=args.peft_adapter)
+    if args.out is not None:
+        # Every export says where it came from: jaxtune.json and a README model card.
+        write_provenance(args.out, build_provenance(args.checkpoint, step=step, export_dtype=args.dtype))
     written = " and ".join(str(p) for p in (args.out, args.peft_adapter) if p is not None)
     print(f"exported {args.checkpoint} -> {written} in {time.perf_counter() - start:.1f}s")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from train_jax.demo.processes import jaxtune_command, run_logged, served_model
 from train_jax.demo.stages import Stage, StageRunner
+from train_jax.provenance import add_eval_results
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,10 @@ class DemoPipeline:
             "eval", "accuracy", "--task", self.s.task, "--data", str(self.files.valid),
             "--base-url", base_url, "--model", model, "--out", str(out),
             "--limit", str(self.s.eval_limit), "--concurrency", str(self.s.eval_concurrency),
-            "--shots", str(shots), "--style", style), self.logs / f"eval_{out.name}.log")
+            "--shots", str(shots), "--style", style,
+            # Shots come from the train file so base and tuned score the same validation rows.
+            *(["--shot-data", str(self.files.train)] if shots else [])),
+            self.logs / f"eval_{out.name}.log")
 
     def _baseline(self) -> dict:
         out = self.eval_dir("base")
@@ -166,7 +170,11 @@ class DemoPipeline:
                 "eval", "latency", "--base-url", url, "--model", "tuned", "--out", str(lat_out),
                 "--concurrency", ",".join(str(c) for c in self.s.latency_concurrency),
                 "--num-requests", str(self.s.latency_requests),
-                "--max-tokens", str(self.s.latency_max_tokens)), self.logs / "eval_latency.log")
+                "--output-tokens", str(self.s.latency_max_tokens)), self.logs / "eval_latency.log")
+        # The export's provenance carries the scores it was shipped with.
+        add_eval_results(self.tuned_dir, "tuned", load_json(acc_out / "results.json"))
+        add_eval_results(self.tuned_dir, "base_prompted",
+                         load_json(self.eval_dir("base") / "results.json"))
         return {"accuracy_dir": str(acc_out), "latency_dir": str(lat_out)}
 
     def _report(self) -> dict:
