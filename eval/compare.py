@@ -1,6 +1,6 @@
 """Compare accuracy runs on the same examples (e.g. base vs tuned): table, McNemar, bar chart.
 
-Runs are paired by example (source location and gold answer), so the test is the paired
+Runs are paired by example (file name, line and gold answer), so the test is the paired
 exact McNemar test on binary metrics, each run against the first (the baseline).
 """
 
@@ -38,8 +38,14 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     with open(examples_path, encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
-            scores[(record["source"], record["gold"])] = record["scores"]
+            scores[_example_key(record["source"], record["gold"])] = record["scores"]
     return {"name": run_dir.name, "dir": str(run_dir), "summary": summary, "scores": scores}
+
+
+def _example_key(source: str, gold: str) -> tuple[str, str]:
+    # File name and line, not the path: runs may name the same file relatively or absolutely.
+    path, _, line = source.rpartition(":")
+    return f"{Path(path).name}:{line}", gold
 
 
 def compare_runs(run_dirs: list[str | Path]) -> dict[str, Any]:
