@@ -17,7 +17,9 @@ from tests.serve.fake_server import fake_app
 
 @pytest.fixture(scope="session")
 def served_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_hf_model(tmp_path_factory.mktemp("served") / "tiny")
+    # A long context gives the disconnect test a generation that lasts seconds, not one.
+    return build_tiny_hf_model(tmp_path_factory.mktemp("served") / "tiny",
+                               max_position_embeddings=4096)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from tests.serve.lora_adapter import build_lora_adapter
 from tests.serve.test_system_routes import metric
-from tests.serve.vllm_server import TEST_ENGINE_FLAGS, jaxtune_server
+from tests.serve.vllm_server import TEST_ENGINE_FLAGS, jaxtune_server, serving_context_len
 
 pytestmark = pytest.mark.vllm
 
@@ -25,12 +25,17 @@ GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
 
 
 @pytest.fixture(scope="module")
-def server(served_model_dir, tmp_path_factory):
+def context(served_model_dir) -> int:
+    return serving_context_len(served_model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir, context, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm_server")
     adapter = build_lora_adapter(served_model_dir, tmp / "adapter")
     with jaxtune_server(served_model_dir, name=MODEL, log_path=tmp / "server.log",
                         extra_args=[*TEST_ENGINE_FLAGS, "--lora", f"{ADAPTER}={adapter}",
-                                    "--max-in-flight", "128"],
+                                    "--max-in-flight", "128", "--max-model-len", str(context)],
                         env={"JAXTUNE_API_KEY": API_KEY}) as url:
         yield url
 
@@ -53,12 +58,12 @@ def scrape(server: str, http: httpx.Client | None = None) -> str:
     return httpx.get(f"{server}/metrics", timeout=10).text
 
 
-def test_models_list_base_and_adapter(client):
+def test_models_list_base_and_adapter(client, context):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {MODEL, ADAPTER}
     assert models[ADAPTER].model_extra["parent"] == MODEL
     assert models[MODEL].model_extra["parent"] is None
-    assert models[MODEL].model_extra["max_model_len"] == 512
+    assert models[MODEL].model_extra["max_model_len"] == context
 
 
 def test_completion_with_the_openai_client(client, tokenizer):
@@ -127,9 +132,9 @@ def test_lora_adapter_is_selected_by_model_name(client):
     assert tuned.choices[0].text != base.choices[0].text
 
 
-def test_invalid_requests_are_4xx(client, server):
+def test_invalid_requests_are_4xx(client, server, context):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model=MODEL, prompt="dog " * 600, max_tokens=1)
+        client.completions.create(model=MODEL, prompt="dog " * (context + 10), max_tokens=1)
     assert exc.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=100_000)
@@ -203,9 +208,10 @@ def test_64_concurrent_streams_finish_without_errors(server):
     assert metric(text, "jaxtune_engine_requests_running") == 0
 
 
-def test_client_disconnect_mid_stream_frees_its_slot(server):
+def test_client_disconnect_mid_stream_frees_its_slot(server, context):
     before = scrape(server)
-    max_tokens = 480
+    # As long as the context allows, so the generation is still running when we hang up.
+    max_tokens = context - 20
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True,
             "stream": True}
     headers = {"Authorization": f"Bearer {API_KEY}"}
