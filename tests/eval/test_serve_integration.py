@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,6 @@ import httpx
 import pytest
 
 from tests.fixtures.tiny_model import build_tiny_hf_model
-from tests.serve.fake_server import free_port
 
 # Engine start dominates (~45 s idle, 2+ min on a busy machine): kept out of the default run.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -30,11 +30,17 @@ SERVE_FLAGS = ("--enforce-eager", "--kv-cache-gib", "0.25", "--memory-fraction",
                "--max-model-len", "512")
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("eval_serve")
     model = build_tiny_hf_model(tmp / "tiny")
-    port = free_port()
+    port = _free_port()
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
