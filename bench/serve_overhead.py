@@ -5,7 +5,7 @@ engine at a time on this machine) and loaded identically by vLLM's own load gene
 `vllm bench serve` (called in-process through `vllm.benchmarks.serve`): random prompts of
 `--input-len` tokens, `--output-len` tokens each (`ignore_eos`, greedy), at each concurrency in
 `--concurrency`. `jaxtune serve` and `vllm serve` get the same engine settings. The table shows
-output tokens/s and TTFT p50 per server and the ratios; targets: jaxtune >= 0.95x vllm serve
+output tokens/s and TTFT p50 per server (the median run over `--repeats`) and the ratios; targets: jaxtune >= 0.95x vllm serve
 and >= 5x transformers at 16 concurrent.
 
     python bench/serve_overhead.py --model DIR --out /tmp/serve_bench
@@ -161,8 +161,18 @@ def run_server(kind: str, args: argparse.Namespace) -> list[LevelResult]:
     return results
 
 
+def medians(results: list[LevelResult]) -> dict[tuple[str, int], LevelResult]:
+    """Per (server, concurrency): the run with the median tok/s over `--repeats` (TTFT from
+    that same run, so each row is one real measurement)."""
+    groups: dict[tuple[str, int], list[LevelResult]] = {}
+    for r in results:
+        groups.setdefault((r.server, r.concurrency), []).append(r)
+    return {key: sorted(runs, key=lambda r: r.output_tok_s)[(len(runs) - 1) // 2]
+            for key, runs in groups.items()}
+
+
 def table(results: list[LevelResult], levels: list[int]) -> str:
-    by = {(r.server, r.concurrency): r for r in results}
+    by = medians(results)
     lines = [("| concurrency | jaxtune tok/s | vllm serve tok/s | transformers tok/s | "
              "jaxtune / vllm | jaxtune / transformers | TTFT p50 jaxtune | TTFT p50 vllm | "
              "TTFT p50 transformers | failed (j/v/t) |"),
@@ -193,8 +203,9 @@ def plot(results: list[LevelResult], levels: list[int], path: Path) -> None:
 
     fig, (ax_tok, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.27
+    by = medians(results)
     for i, server in enumerate(SERVERS):
-        rows = {r.concurrency: r for r in results if r.server == server}
+        rows = {c: r for (s, c), r in by.items() if s == server}
         xs = [k + (i - 1) * width for k in range(len(levels))]
         ax_tok.bar(xs, [rows[c].output_tok_s if c in rows else 0 for c in levels], width,
                    label=server)
@@ -228,6 +239,8 @@ def main() -> int:
                         help="both vLLM servers without torch.compile (faster start)")
     parser.add_argument("--start-timeout", type=float, default=900)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the server sequence this many times; report the median")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     unknown = set(args.servers) - set(SERVERS)
@@ -236,8 +249,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     results: list[LevelResult] = []
-    for kind in args.servers:
-        results += run_server(kind, args)
+    # Repeats alternate the servers so that the machine's load drifts hit all of them alike.
+    for _ in range(args.repeats):
+        for kind in args.servers:
+            results += run_server(kind, args)
         (args.out / "results.json").write_text(json.dumps(
             {"model": str(args.model), "argv": sys.argv[1:],
              "results": [asdict(r) for r in results]}, indent=2))
@@ -246,7 +261,7 @@ def main() -> int:
     (args.out / "table.md").write_text(md + "\n")
     plot(results, args.concurrency, args.out / "serve_overhead.png")
     print(md)
-    by = {(r.server, r.concurrency): r for r in results}
+    by = medians(results)
     j, v, t = (by.get((s, 16)) for s in SERVERS)
     if j and v and t and v.output_tok_s and t.output_tok_s:
         rv, rt = j.output_tok_s / v.output_tok_s, j.output_tok_s / t.output_tok_s
