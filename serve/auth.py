@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -18,8 +19,10 @@ PROTECTED_PREFIX = "/v1/"
 def key_matches(authorization: str, expected: str) -> bool:
     """True if `authorization` is ``Bearer <expected>``; constant time in the token."""
     scheme, _, token = authorization.partition(" ")
-    # compare_digest on bytes takes the same time wherever the tokens differ.
-    same = hmac.compare_digest(token.strip().encode(), expected.encode())
+    # Digests first so even the key's length does not show in the timing; compare_digest then
+    # takes the same time wherever the two differ.
+    given_digest = hashlib.sha256(token.strip().encode()).digest()
+    same = hmac.compare_digest(given_digest, hashlib.sha256(expected.encode()).digest())
     return scheme.lower() == "bearer" and same
 
 

@@ -137,3 +137,14 @@ def test_api_key_from_environment():
     assert resolve_api_key("flag", {API_KEY_ENV: "from-env"}) == "flag"
     assert resolve_api_key(None, {API_KEY_ENV: ""}) is None
     assert resolve_api_key(None, {}) is None
+
+
+def test_key_matching():
+    from serve.auth import key_matches
+
+    assert key_matches("Bearer abc", "abc")
+    assert key_matches("bearer abc", "abc")
+    assert not key_matches("Bearer abcd", "abc")
+    assert not key_matches("Bearer ab", "abc")
+    assert not key_matches("Token abc", "abc")
+    assert not key_matches("", "abc")
