@@ -157,6 +157,13 @@ def test_import_errors(tmp_path):
                        r"but config.json implies \[512, 128\]"):
         from_hf(src)
     (src / "config.json").write_text(json.dumps(config))
+    tensors = _read_hf(src)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int8)
+    from safetensors.numpy import save_file
+
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ShapeMismatchError, match="model.norm.weight has dtype int8; jaxtune imports"):
+        from_hf(src)
     (src / "model.safetensors").unlink()
     with pytest.raises(MissingFileError, match="neither model.safetensors nor"):
         from_hf(src)
