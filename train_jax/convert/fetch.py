@@ -109,8 +109,10 @@ def _resolve_named_model(name: str) -> Path:
         return resolve_model_dir(name)
     except MissingFileError as exc:
         known = ", ".join(sorted(KNOWN_MODELS))
-        raise MissingFileError(f"unknown model {name!r}: known names are {known}; otherwise pass a "
-                               f"local HF folder or a hub id ({exc})") from None
+        # A hub id or a path was meant: its own error says what went wrong.
+        detail = f": {exc}" if "/" in name else ""
+        raise MissingFileError(f"unknown model {name!r}; known names are {known}, otherwise pass a "
+                               f"local HF folder or a hub id (org/name){detail}") from None
 
 
 def _copy_hf_folder(source: Path, staging: Path) -> None:
