@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Self
 
 import httpx
@@ -268,4 +268,4 @@ class OpenAIClient:
 def _with_attempts(outcome: RequestOutcome, attempts: int) -> RequestOutcome:
     if attempts == 1:
         return outcome
-    return RequestOutcome(**{**outcome.__dict__, "attempts": attempts})
+    return replace(outcome, attempts=attempts)

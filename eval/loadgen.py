@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -125,7 +125,7 @@ async def run_level(client_config: ClientConfig, prompts: Sequence[str], params:
     if warmup < 0:
         raise LoadConfigError(f"warm-up requests must be >= 0, got {warmup}")
     in_flight = level.concurrency or num_requests
-    config = ClientConfig(**{**client_config.__dict__, "concurrency": in_flight})
+    config = replace(client_config, concurrency=in_flight)
     order = list(prompts)
     random.Random(seed).shuffle(order)
     chosen = [order[i % len(order)] for i in range(num_requests)]

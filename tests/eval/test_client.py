@@ -22,20 +22,22 @@ def _generate(config, prompts, params=PARAMS, cache=None):
 def test_measured_ttft_and_itl_match_injected_delays():
     behaviour = FakeBehaviour(ttft_s=0.2, itl_s=0.05, default_answer="a b c d e f")
     with run_fake_server(behaviour) as url:
-        outcomes = _generate(ClientConfig(base_url=url, model="m", concurrency=2),
-                             ["p1", "p2", "p3", "p4"])
+        outcomes = _generate(ClientConfig(base_url=url, model="m", concurrency=3),
+                             [f"p{i}" for i in range(6)])
     for outcome in outcomes:
         assert outcome.ok, outcome.error_message
         assert outcome.text == "a b c d e f"
         assert outcome.output_tokens == 6
         assert len(outcome.itl_s) == 5
-        # Injected delays are hard lower bounds (the server cannot be early)...
-        assert outcome.ttft_s >= 0.19 and min(outcome.itl_s) >= 0.045
+        # Injected delays are hard lower bounds on TTFT and on the whole stream (single gaps
+        # are not: chunks that queue up while the client is descheduled arrive together).
+        assert outcome.ttft_s >= 0.19 and outcome.e2e_s >= 0.2 + 5 * 0.05 - 0.01
         assert outcome.tpot_s == pytest.approx((outcome.e2e_s - outcome.ttft_s) / 5)
         assert outcome.e2e_s == pytest.approx(outcome.ttft_s + sum(outcome.itl_s), abs=1e-6)
-    # ...and scheduling noise on a shared 2-core machine only adds a little to the median.
-    assert statistics.median(o.ttft_s for o in outcomes) <= 0.2 + 0.1
-    assert statistics.median(g for o in outcomes for g in o.itl_s) <= 0.05 + 0.025
+    # Medians sit on the injected values; scheduling noise on a shared machine adds a little.
+    assert 0.19 <= statistics.median(o.ttft_s for o in outcomes) <= 0.2 + 0.1
+    assert 0.04 <= statistics.median(g for o in outcomes for g in o.itl_s) <= 0.05 + 0.025
+    assert 0.045 <= statistics.median(o.tpot_s for o in outcomes) <= 0.05 + 0.025
 
 
 def test_chat_endpoint_assembles_deltas():
