@@ -62,8 +62,9 @@ def viggo_batch(model_dir: str, rows: int, length: int) -> dict[str, np.ndarray]
 
 # --- jaxtune ---------------------------------------------------------------------------------
 
-def time_jaxtune(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps: int,
-                 warmup: int) -> list[float]:
+def time_jaxtune(model_dir: str, batches: dict[str, dict[str, np.ndarray]], dtype: str,
+                 steps: int, warmup: int) -> dict[str, list[float]]:
+    """Step times per batch kind; one compiled step serves every batch of the same shape."""
     import jax
 
     from train_jax.config.run_config import MeshConfig, MethodConfig, ModelSpec, OptimizerConfig
@@ -81,26 +82,30 @@ def time_jaxtune(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps
     schedule = learning_rate_schedule(opt, 100)
     tx = build_optimizer(opt, schedule)
     mesh = build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
-    shape = (1, *batch["input_ids"].shape)
+    shape = (1, *next(iter(batches.values()))["input_ids"].shape)
     fns = build_steps(parts, tx, schedule, mesh, trainable, shape)
     state = init_state(parts, tx, trainable, frozen, fns.state_shardings)
-    placed = put_batch({k: v[None] for k, v in batch.items()}, fns.batch_shardings(shape), shape)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        state, metrics = fns.train_step(state, placed)
-        jax.block_until_ready(metrics["loss"])
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    out: dict[str, list[float]] = {}
+    for kind, batch in batches.items():
+        placed = put_batch({k: v[None] for k, v in batch.items()}, fns.batch_shardings(shape),
+                           shape)
+        out[kind] = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            state, metrics = fns.train_step(state, placed)
+            jax.block_until_ready(metrics["loss"])
+            if i >= warmup:
+                out[kind].append(time.perf_counter() - start)
     del state, initial
     gc.collect()
-    return times
+    return out
 
 
 # --- PyTorch + transformers ------------------------------------------------------------------
 
-def time_torch(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps: int,
-               warmup: int) -> list[float]:
+def time_torch(model_dir: str, batches: dict[str, dict[str, np.ndarray]], dtype: str,
+               steps: int, warmup: int) -> dict[str, list[float]]:
+    """Step times per batch kind of the PyTorch + transformers AdamW loop."""
     import contextlib
 
     import torch
@@ -109,29 +114,33 @@ def time_torch(model_dir: str, batch: dict[str, np.ndarray], dtype: str, steps: 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
-    labels = torch.from_numpy(np.where(batch["loss_mask"] > 0, batch["targets"], -100)
-                              .astype(np.int64))
-    positions = torch.from_numpy(batch["positions"].astype(np.int64))
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        with autocast:
-            logits = model(input_ids=input_ids, position_ids=positions).logits
-        # Labels are already next-token targets: plain token cross-entropy, no shift.
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                                 ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    out: dict[str, list[float]] = {}
+    for kind, batch in batches.items():
+        input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+        labels = torch.from_numpy(np.where(batch["loss_mask"] > 0, batch["targets"], -100)
+                                  .astype(np.int64))
+        # Packed rows: positions restart per example. (No block-diagonal mask: transformers'
+        # SDPA path takes none; at 128 tokens attention is ~3% of the FLOPs either way.)
+        positions = torch.from_numpy(batch["positions"].astype(np.int64))
+        out[kind] = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            with autocast:
+                logits = model(input_ids=input_ids, position_ids=positions).logits
+            # Labels are already next-token targets: plain token cross-entropy, no shift.
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                                     labels.flatten(), ignore_index=-100)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                out[kind].append(time.perf_counter() - start)
     del model, optimizer
     gc.collect()
-    return times
+    return out
 
 
 # --- peaks -----------------------------------------------------------------------------------
@@ -167,16 +176,17 @@ def main() -> None:
         peaks[dtype] = max(jax_peak, torch_peak)
         print(f"matmul peak {dtype}: JAX {jax_peak / 1e9:.0f} GFLOP/s, PyTorch "
               f"{torch_peak / 1e9:.0f} GFLOP/s -> MFU denominator {peaks[dtype] / 1e9:.0f}")
-    results = []
-    for kind in [b for b in args.batches.split(",") if b]:
-        batch = (random_batch(args.rows, args.length, cfg.vocab_size) if kind == "random"
-                 else viggo_batch(args.model, args.rows, args.length))
-        tokens = int(np.count_nonzero(batch["segment_ids"]))
-        positions = batch["input_ids"].size
-        for dtype in dtypes:
-            row = {"batch": kind, "dtype": dtype, "tokens_per_step": tokens}
-            for name, fn in (("jaxtune", time_jaxtune), ("pytorch", time_torch)):
-                times = fn(args.model, batch, dtype, args.steps, args.warmup)
+    batches = {kind: (random_batch(args.rows, args.length, cfg.vocab_size) if kind == "random"
+                      else viggo_batch(args.model, args.rows, args.length))
+               for kind in args.batches.split(",") if kind}
+    rows: dict[tuple[str, str], dict] = {}
+    for dtype in dtypes:
+        for name, fn in (("jaxtune", time_jaxtune), ("pytorch", time_torch)):
+            for kind, times in fn(args.model, batches, dtype, args.steps, args.warmup).items():
+                tokens = int(np.count_nonzero(batches[kind]["segment_ids"]))
+                positions = batches[kind]["input_ids"].size
+                row = rows.setdefault((kind, dtype), {"batch": kind, "dtype": dtype,
+                                                      "tokens_per_step": tokens})
                 step_s = statistics.median(times)
                 row[f"{name}_step_s"] = step_s
                 row[f"{name}_tokens_per_s"] = tokens / step_s
@@ -184,8 +194,10 @@ def main() -> None:
                 print(f"  {kind:6s} {dtype:8s} {name:8s} median step {step_s:6.2f} s  "
                       f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
                       flush=True)
-            row["ratio"] = row["jaxtune_tokens_per_s"] / row["pytorch_tokens_per_s"]
-            results.append(row)
+    results = []
+    for row in rows.values():
+        row["ratio"] = row["jaxtune_tokens_per_s"] / row["pytorch_tokens_per_s"]
+        results.append(row)
     print()
     print("| batch | dtype | jaxtune tok/s | PyTorch tok/s | jaxtune / PyTorch | jaxtune MFU "
           "| PyTorch MFU |")

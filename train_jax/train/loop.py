@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jax
 import numpy as np
@@ -58,7 +58,7 @@ class _StopFlag:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> Self:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -73,7 +73,7 @@ class _StopFlag:
                        signum)
         self.signum = signum
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from train_jax.config.run_config import MeshConfig, RunConfig
+from train_jax.config.run_config import RunConfig
 from train_jax.model.config import ModelConfig
 from train_jax.model.llama import init_model
 from train_jax.sharding.mesh import resolve_mesh_shape
@@ -152,10 +152,11 @@ def render_plan(plan: Plan, cfg: RunConfig) -> str:
     rows = [(p.path, "x".join(map(str, p.shape)), p.dtype, p.spec, format_bytes(p.bytes_per_device),
              "yes" if p.trainable else "no") for p in plan.params]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = [f"mesh {plan.mesh} ({math.prod(plan.mesh.values())} devices), method "
-             f"{cfg.method.name}, batch {cfg.train.batch_size} x {cfg.data.max_length} tokens in "
-             f"{cfg.train.micro_batches} micro-batch(es): {plan.rows_per_device:g} rows per "
-             "device per pass", ""]
+    summary = (f"mesh {plan.mesh} ({math.prod(plan.mesh.values())} devices), method "
+               f"{cfg.method.name}, batch {cfg.train.batch_size} x {cfg.data.max_length} tokens "
+               f"in {cfg.train.micro_batches} micro-batch(es): {plan.rows_per_device:g} rows per "
+               "device per pass")
+    lines = [summary, ""]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -163,7 +164,7 @@ def render_plan(plan: Plan, cfg: RunConfig) -> str:
               f"  parameters        {format_bytes(plan.param_bytes)}",
               f"  gradients         {format_bytes(plan.grad_bytes)}",
               f"  optimizer (AdamW) {format_bytes(plan.optimizer_bytes)}",
-              f"  activations       {format_bytes(plan.activation_bytes)} (estimate"
-              f"{', remat' if cfg.model.remat else ''})",
+              (f"  activations       {format_bytes(plan.activation_bytes)} (estimate"
+               f"{', remat' if cfg.model.remat else ''})"),
               f"  total             {format_bytes(plan.total_bytes)}"]
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import jax
+import numpy as np
 
 from train_jax.config.run_config import MeshConfig, MethodConfig, OptimizerConfig
 from train_jax.model.config import ModelConfig
@@ -40,11 +40,12 @@ def random_batch(rng: np.random.Generator, micro: int, rows: int, length: int,
             "segment_ids": segments, "positions": np.broadcast_to(positions, mask.shape).copy()}
 
 
-def setup(mesh_cfg: MeshConfig, devices, method: MethodConfig = MethodConfig(),
+def setup(mesh_cfg: MeshConfig, devices, method: MethodConfig | None = None,
           model_cfg: ModelConfig | None = None, opt: OptimizerConfig | None = None,
           batch_shape=(1, 8, 16), seed: int = 0):
     """Mesh, jitted steps and an initial state for the tiny model."""
     cfg = model_cfg or tiny_config()
+    method = method or MethodConfig()
     if method.name == "lora":
         cfg = cfg.replace(lora=method.lora)
     model = init_model(cfg, seed)

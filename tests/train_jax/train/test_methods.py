@@ -27,7 +27,7 @@ def _changed(before, after) -> set[str]:
 
 
 def _train(method: MethodConfig, steps: int = 3):
-    mesh, fns, state = setup(MeshConfig(1, 2, 2), jax.devices()[:4], method=method,
+    _, fns, state = setup(MeshConfig(1, 2, 2), jax.devices()[:4], method=method,
                              batch_shape=SHAPE)
     before = host({"trainable": state["trainable"], "frozen": state["frozen"]})
     rng = np.random.default_rng(0)
@@ -60,9 +60,9 @@ def test_exported_merged_lora_model_matches_the_flax_lora_model(tmp_path):
     import torch
     from transformers import LlamaForCausalLM as TorchLlama
 
+    from train_jax.convert.flax_model import model_from_params
     from train_jax.convert.hf_export import export_checkpoint
     from train_jax.convert.hf_import import from_hf
-    from train_jax.convert.flax_model import model_from_params
 
     lora = LoraSpec(rank=4, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "o_proj",
                                                  "gate_proj", "up_proj", "down_proj"))

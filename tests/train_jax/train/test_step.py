@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from train_jax.config.run_config import MeshConfig, OptimizerConfig
 from tests.train_jax.train.helpers import host, random_batch, run_step, setup
+from train_jax.config.run_config import MeshConfig, OptimizerConfig
 
 
 def _max_rel_diff(a, b) -> float:
@@ -31,7 +31,7 @@ def test_one_step_on_2x2x2_mesh_matches_one_device():
     _, steps1, state1 = setup(MeshConfig(1, 1, 1), jax.devices()[:1], opt=WELL_CONDITIONED)
     before = host(state1["trainable"])
     new1, metrics1 = run_step(steps1, state1, batch, shape)
-    mesh, steps8, state8 = setup(MeshConfig(2, 2, 2), jax.devices()[:8], opt=WELL_CONDITIONED)
+    _, steps8, state8 = setup(MeshConfig(2, 2, 2), jax.devices()[:8], opt=WELL_CONDITIONED)
     new8, metrics8 = run_step(steps8, state8, batch, shape)
 
     # The parameters really are split over the mesh.
