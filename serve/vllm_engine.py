@@ -7,6 +7,7 @@ built, so the HTTP layer and its tests never need it.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import time
@@ -229,10 +230,11 @@ class VllmEngine:
         self._closed = True
         for served in self._bases:
             served.engine.shutdown()
-        # Drop the engines now: vLLM's __del__ shuts down again, which fails noisily if it
-        # only runs at interpreter exit.
+        # Drop the engines and collect them now: vLLM's __del__ shuts down again, which fails
+        # noisily when it only runs at interpreter exit (AsyncLLM sits in reference cycles).
         self._bases = ()
         self._routes.clear()
+        gc.collect()
 
 
 def _finish_reason(reason: str | None) -> Any:
