@@ -4,7 +4,8 @@ Same model (an HF folder, e.g. SmolLM2-135M-Instruct), same batch (rows x length
 fine-tuning with AdamW, fp32 and bf16 compute (JAX: bf16 matmuls on fp32 master weights;
 PyTorch: `torch.autocast(bfloat16)`), on random-token batches and on packed ViGGO batches.
 Reports tokens/s, the ratio jaxtune / PyTorch, and MFU = model FLOPs / measured matmul peak
-of the dtype (the better of JAX's and PyTorch's 2048^3 matmul on this machine).
+of the dtype (the better of JAX's and PyTorch's 2048^3 matmul, measured right before each
+framework's timed phase).
 
     .venv/bin/python bench/train_throughput.py --model runs/models/smollm2-135m-instruct
 """
@@ -170,18 +171,19 @@ def main() -> None:
     cfg = ModelConfig.from_hf_config(load_hf_config(args.model))
     flops_per_token = train_flops_per_token(cfg, args.length)
     dtypes = [d for d in args.dtypes.split(",") if d]
-    peaks = {}
-    for dtype in dtypes:
-        jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
-        peaks[dtype] = max(jax_peak, torch_peak)
-        print(f"matmul peak {dtype}: JAX {jax_peak / 1e9:.0f} GFLOP/s, PyTorch "
-              f"{torch_peak / 1e9:.0f} GFLOP/s -> MFU denominator {peaks[dtype] / 1e9:.0f}")
     batches = {kind: (random_batch(args.rows, args.length, cfg.vocab_size) if kind == "random"
                       else viggo_batch(args.model, args.rows, args.length))
                for kind in args.batches.split(",") if kind}
     rows: dict[tuple[str, str], dict] = {}
+    peaks: dict[str, float] = {}
     for dtype in dtypes:
         for name, fn in (("jaxtune", time_jaxtune), ("pytorch", time_torch)):
+            # The machine is shared: measure the peak right before each phase, under the same
+            # load as the steps it is compared with.
+            jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
+            peak = peaks[f"{dtype}/{name}"] = max(jax_peak, torch_peak)
+            print(f"matmul peak {dtype} before {name}: JAX {jax_peak / 1e9:.0f} GFLOP/s, "
+                  f"PyTorch {torch_peak / 1e9:.0f} GFLOP/s", flush=True)
             for kind, times in fn(args.model, batches, dtype, args.steps, args.warmup).items():
                 tokens = int(np.count_nonzero(batches[kind]["segment_ids"]))
                 positions = batches[kind]["input_ids"].size
@@ -190,7 +192,7 @@ def main() -> None:
                 step_s = statistics.median(times)
                 row[f"{name}_step_s"] = step_s
                 row[f"{name}_tokens_per_s"] = tokens / step_s
-                row[f"{name}_mfu"] = flops_per_token * positions / step_s / peaks[dtype]
+                row[f"{name}_mfu"] = flops_per_token * positions / step_s / peak
                 print(f"  {kind:6s} {dtype:8s} {name:8s} median step {step_s:6.2f} s  "
                       f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
                       flush=True)
