@@ -72,7 +72,7 @@ def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
             continue
         try:
             importlib.import_module(module).add_arguments(sub)
-        except ModuleNotFoundError as exc:
+        except ImportError as exc:
             # A subcommand whose implementation (or its extra) is not installed stays listed,
             # and says why when it is run.
             sub.set_defaults(_missing=str(exc))

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fixtures.tiny_model import build_tiny_hf_model
+from tests.fixtures.tiny_model import build_exported_tiny_model
 from tests.serve.fake_server import fake_app
 
 
 @pytest.fixture(scope="session")
 def served_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A long context gives the disconnect test a generation that lasts seconds, not one.
-    return build_tiny_hf_model(tmp_path_factory.mktemp("served") / "tiny",
-                               max_position_embeddings=4096)
+    # What vLLM serves here is a `jaxtune export` output, as users serve their tuned models.
+    return build_exported_tiny_model(tmp_path_factory.mktemp("served"), max_position_embeddings=4096)
 
 
 @pytest.fixture
