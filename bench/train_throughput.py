@@ -16,6 +16,8 @@ import argparse
 import gc
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +37,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batches", default="random,viggo", help="random and/or viggo")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: one phase
     return parser.parse_args()
+
+
+PHASES = {"jaxtune": "time_jaxtune", "pytorch": "time_torch"}
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    """One (framework, dtype) phase in this process; prints a JSON line for the parent."""
+    from train_jax.train.flops import measure_matmul_peak
+
+    name, dtype = args.phase.split(":")
+    batches = load_batches(args)
+    # The machine is shared: measure the peak right before the phase, under the same load.
+    jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
+    times = globals()[PHASES[name]](args.model, batches, dtype, args.steps, args.warmup)
+    print("PHASE " + json.dumps({"jax_peak": jax_peak, "torch_peak": torch_peak,
+                                 "times": times}), flush=True)
+
+
+def load_batches(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
+    from train_jax.convert.hf_import import load_hf_config
+
+    vocab = int(load_hf_config(args.model)["vocab_size"])
+    return {kind: (random_batch(args.rows, args.length, vocab) if kind == "random"
+                   else viggo_batch(args.model, args.rows, args.length))
+            for kind in args.batches.split(",") if kind}
 
 
 # --- batches ---------------------------------------------------------------------------------
@@ -164,27 +192,35 @@ def _timed(fn) -> float:
 
 def main() -> None:
     args = parse_args()
+    if args.phase:
+        run_phase(args)
+        return
     from train_jax.convert.hf_import import load_hf_config
     from train_jax.model.config import ModelConfig
-    from train_jax.train.flops import measure_matmul_peak, train_flops_per_token
+    from train_jax.train.flops import train_flops_per_token
 
     cfg = ModelConfig.from_hf_config(load_hf_config(args.model))
     flops_per_token = train_flops_per_token(cfg, args.length)
     dtypes = [d for d in args.dtypes.split(",") if d]
-    batches = {kind: (random_batch(args.rows, args.length, cfg.vocab_size) if kind == "random"
-                      else viggo_batch(args.model, args.rows, args.length))
-               for kind in args.batches.split(",") if kind}
+    batches = load_batches(args)
     rows: dict[tuple[str, str], dict] = {}
     peaks: dict[str, float] = {}
     for dtype in dtypes:
-        for name, fn in (("jaxtune", time_jaxtune), ("pytorch", time_torch)):
-            # The machine is shared: measure the peak right before each phase, under the same
-            # load as the steps it is compared with.
-            jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
-            peak = peaks[f"{dtype}/{name}"] = max(jax_peak, torch_peak)
-            print(f"matmul peak {dtype} before {name}: JAX {jax_peak / 1e9:.0f} GFLOP/s, "
-                  f"PyTorch {torch_peak / 1e9:.0f} GFLOP/s", flush=True)
-            for kind, times in fn(args.model, batches, dtype, args.steps, args.warmup).items():
+        for name in PHASES:
+            # Each phase runs in a fresh process: neither framework's threads or memory can
+            # slow the other down.
+            argv = [sys.executable, __file__, "--model", args.model, "--rows", str(args.rows),
+                    "--length", str(args.length), "--steps", str(args.steps), "--warmup",
+                    str(args.warmup), "--batches", args.batches, "--phase", f"{name}:{dtype}"]
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"phase {name}:{dtype} failed:\n{proc.stderr[-3000:]}")
+            phase = json.loads(next(line for line in proc.stdout.splitlines()
+                                    if line.startswith("PHASE "))[6:])
+            peak = peaks[f"{dtype}/{name}"] = max(phase["jax_peak"], phase["torch_peak"])
+            print(f"matmul peak {dtype} before {name}: JAX {phase['jax_peak'] / 1e9:.0f} "
+                  f"GFLOP/s, PyTorch {phase['torch_peak'] / 1e9:.0f} GFLOP/s", flush=True)
+            for kind, times in phase["times"].items():
                 tokens = int(np.count_nonzero(batches[kind]["segment_ids"]))
                 positions = batches[kind]["input_ids"].size
                 row = rows.setdefault((kind, dtype), {"batch": kind, "dtype": dtype,
