@@ -114,6 +114,7 @@ class TrainConfig:
     """Length and shape of the run. `batch_size` is global (all devices and hosts)."""
 
     steps: int = 100
+    epochs: float | None = None  # when set, steps = ceil(epochs * train rows / batch_size)
     batch_size: int = 8
     micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches rows per pass
     seed: int = 0
@@ -126,6 +127,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"train.epochs must be > 0, got {self.epochs}")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
             raise ConfigError(f"train.time_budget_minutes must be > 0, got "
                               f"{self.time_budget_minutes}")

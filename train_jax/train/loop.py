@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from train_jax import checkpoint as ckpt
-from train_jax.config.run_config import RunConfig
+from train_jax.config.run_config import RunConfig, TrainConfig
 from train_jax.sharding.mesh import build_mesh
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, prepare_sources, validation_batches
@@ -45,6 +45,7 @@ class RunResult:
     final_step: int
     interrupted_by: int | None = None  # the signal number that stopped the run early
     last_loss: float | None = None
+    total_steps: int | None = None  # the planned length (train.steps, or from train.epochs)
 
     @property
     def exit_code(self) -> int:
@@ -84,6 +85,16 @@ def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def planned_steps(train_cfg: TrainConfig, train_rows: int) -> int:
+    """`train.steps`, or with `train.epochs` the steps that pass over the train rows that often."""
+    if train_cfg.epochs is None:
+        return train_cfg.steps
+    steps = max(1, math.ceil(train_cfg.epochs * train_rows / train_cfg.batch_size))
+    logger.info("train.epochs=%g over %d packed rows at batch %d: %d steps", train_cfg.epochs,
+                train_rows, train_cfg.batch_size, steps)
+    return steps
+
+
 def train(cfg: RunConfig) -> RunResult:
     """Run (or resume) the training described by `cfg`."""
     run_dir = Path(cfg.run_dir)
@@ -111,7 +122,8 @@ def train(cfg: RunConfig) -> RunResult:
     micro = cfg.train.micro_batches
     train_shape = (micro, cfg.train.batch_size // micro, length)
 
-    schedule = learning_rate_schedule(cfg.optimizer, cfg.train.steps)
+    total_steps = planned_steps(cfg.train, sum(d.num_rows("train") for d in datasets))
+    schedule = learning_rate_schedule(cfg.optimizer, total_steps)
     tx = build_optimizer(cfg.optimizer, schedule)
     steps = build_steps(parts, tx, schedule, mesh, trainable, train_shape)
     state = init_state(parts, tx, trainable, frozen, steps.state_shardings)
@@ -143,7 +155,7 @@ def train(cfg: RunConfig) -> RunResult:
 
         task_metric = TaskMetric(cfg.data.sources[0], initial.assets_dir, cfg.eval.task_samples,
                                  cfg.eval.max_new_tokens)
-    loop = _Loop(cfg, steps, feed, checkpointer, metrics, val_sets, train_shape,
+    loop = _Loop(cfg, total_steps, steps, feed, checkpointer, metrics, val_sets, train_shape,
                  flops_per_token * cfg.train.batch_size * length, peak,
                  (lambda s: task_metric(parts.merge(s["trainable"], s["frozen"], train=False)))
                  if task_metric else None)
@@ -161,11 +173,12 @@ def train(cfg: RunConfig) -> RunResult:
 class _Loop:
     """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
 
-    def __init__(self, cfg: RunConfig, steps: Any, feed: BatchFeed, checkpointer: TrainCheckpointer,
+    def __init__(self, cfg: RunConfig, total_steps: int, steps: Any, feed: BatchFeed,
+                 checkpointer: TrainCheckpointer,
                  metrics: MetricsLogger, val_sets: list[tuple[str, dict[str, np.ndarray]]],
                  train_shape: tuple[int, int, int], flops_per_step: float, peak: float,
                  task_metric: Any = None):
-        self.cfg, self.steps, self.feed = cfg, steps, feed
+        self.cfg, self.total_steps, self.steps, self.feed = cfg, total_steps, steps, feed
         self.checkpointer, self.metrics, self.val_sets = checkpointer, metrics, val_sets
         self.train_shape, self.flops_per_step, self.peak = train_shape, flops_per_step, peak
         self.shardings = steps.batch_shardings(train_shape)
@@ -191,7 +204,7 @@ class _Loop:
     def run(self, state: Any, stop: _StopFlag) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state["step"]))
-        total = cfg.steps
+        total = self.total_steps
         budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
         started = time.perf_counter()
         bar = _progress(cfg.progress and jax.process_index() == 0, step, total)
@@ -248,7 +261,7 @@ class _Loop:
             self.save(state, final)
         self.checkpointer.wait()
         logger.info("stopped at step %d of %d", step, total)
-        return RunResult(step, stop.signum, last_loss)
+        return RunResult(step, stop.signum, last_loss, total)
 
 
 def _progress(enabled: bool, start: int, total: int) -> Any:

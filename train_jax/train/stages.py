@@ -40,6 +40,6 @@ def run_stages(raw: Mapping[str, Any]) -> RunResult:
         if len(trees) > 1:
             logger.info("stage %d/%d -> %s", index + 1, len(trees), cfg.run_dir)
         result = train(cfg)
-        if result.interrupted_by is not None or result.final_step < cfg.train.steps:
+        if result.interrupted_by is not None or result.final_step < (result.total_steps or cfg.train.steps):
             break  # a later stage must start from a finished one
     return result
