@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `jaxtune sweep`."""
     parser.add_argument("--config", type=Path, required=True, help="training config (YAML)")
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                        help="values to try per key (aliases: lr, steps, batch_size, warmup, "
+                        help="values to try per key (aliases: lr, steps, epochs, batch_size, warmup, "
                              "weight_decay, lora_rank); trials are the cartesian product")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep directory")
     parser.add_argument("--metric", help="metrics.jsonl key to score trials by "

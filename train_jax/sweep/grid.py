@@ -12,6 +12,7 @@ ALIASES = {
     "lr": "optimizer.learning_rate",
     "learning_rate": "optimizer.learning_rate",
     "steps": "train.steps",
+    "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "warmup": "optimizer.warmup_steps",
     "weight_decay": "optimizer.weight_decay",
