@@ -111,7 +111,7 @@ def add_eval_results(model_dir: Path, name: str, results: Mapping[str, Any]) -> 
     provenance = json.loads(path.read_text())
     provenance.setdefault("eval", {})[name] = {
         "task": results.get("task"), "n_examples": results.get("n_examples"),
-        "metrics": {k: {m: v.get(m) for m in ("estimate", "ci_low", "ci_high")}
+        "metrics": {k: {m: v.get(m) for m in ("value", "low", "high")}
                     for k, v in (results.get("metrics") or {}).items()},
     }
     write_provenance(Path(model_dir), provenance)
@@ -147,7 +147,7 @@ def render_model_card(provenance: Mapping[str, Any]) -> str:
         lines += ["## Evaluation", "", "| run | task | metric | score | 95% CI |", "|---|---|---|---|---|"]
         for run, result in provenance["eval"].items():
             for metric, value in (result.get("metrics") or {}).items():
-                est, lo, hi = value.get("estimate"), value.get("ci_low"), value.get("ci_high")
+                est, lo, hi = value.get("value"), value.get("low"), value.get("high")
                 score = f"{est:.3f}" if isinstance(est, (int, float)) else "n/a"
                 ci = f"[{lo:.3f}, {hi:.3f}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else "n/a"
                 lines.append(f"| {run} | {result.get('task')} | {metric} | {score} | {ci} |")

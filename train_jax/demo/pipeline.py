@@ -128,7 +128,8 @@ class DemoPipeline:
         run_logged(jaxtune_command(
             "data", "prepare", "--task", self.s.task, "--data", str(self.files.train),
             "--val", str(self.files.valid), "--model", str(self.base_dir), "--out", str(out),
-            "--style", self.tuned_style()), self.logs / "prepare.log")
+            "--style", self.tuned_style(), "--max-length", str(self.train_config().data.max_length)),
+            self.logs / "prepare.log")
         return {"data_dir": str(out), "report": str(out / "report.md")}
 
     def _accuracy(self, base_url: str, model: str, out: Path, style: str, shots: int) -> None:
@@ -187,12 +188,15 @@ class DemoPipeline:
         report = write_report(self)
         return {"report": str(report), "compare_dir": str(compare_out)}
 
-    def tuned_style(self) -> str:
-        """The prompt style the training config uses (the tuned model is evaluated in it)."""
+    def train_config(self):
+        """The validated training config with the demo's overrides."""
         from train_jax.config.run_config import load_run_config
 
-        cfg = load_run_config(self.s.train_config, [f"model={self.base_dir}", *self.s.train_overrides])
-        return cfg.data.sources[0].dataset.style
+        return load_run_config(self.s.train_config, [f"model={self.base_dir}", *self.s.train_overrides])
+
+    def tuned_style(self) -> str:
+        """The prompt style the training config uses (the tuned model is evaluated in it)."""
+        return self.train_config().data.sources[0].dataset.style
 
     def stage_seconds(self) -> dict[str, float | None]:
         """Seconds each finished stage took."""

@@ -39,8 +39,8 @@ def _accuracy_rows(base: dict | None, tuned: dict | None) -> list[str]:
     for name, b in base["metrics"].items():
         t = tuned["metrics"].get(name, {})
         rows.append(
-            f"| {name} | {_fmt(b.get('estimate'))} | [{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}]"
-            f" | {_fmt(t.get('estimate'))} | [{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}] |")
+            f"| {name} | {_fmt(b.get('value'))} | [{_fmt(b.get('low'))}, {_fmt(b.get('high'))}]"
+            f" | {_fmt(t.get('value'))} | [{_fmt(t.get('low'))}, {_fmt(t.get('high'))}] |")
     return rows
 
 

@@ -62,7 +62,8 @@ def test_demo_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) -> None:
     report = out / "REPORT.md"
     assert f"report at {report}" in result.stdout
     text = report.read_text()
-    assert "| metric | base (prompted)" in text and "exact_match" in text
+    assert "| metric | base (prompted)" in text and "| exact_match | 0." in text
+    assert "n/a" not in text.split("## Training")[0]
     pngs = sorted(p.name for p in (out / "report_assets").glob("*.png"))
     assert any(name.startswith("train_") for name in pngs), pngs
     assert any(name.startswith("compare_") for name in pngs), pngs
@@ -72,6 +73,6 @@ def test_demo_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) -> None:
     assert tuned["n_examples"] == base_results["n_examples"] == 6
     provenance = json.loads((out / "tuned_model/jaxtune.json").read_text())
     assert provenance["training_config"]["train"]["steps"] == 12
-    assert "tuned" in provenance["eval"]
+    assert provenance["eval"]["tuned"]["metrics"]["exact_match"]["value"] == tuned["metrics"]["exact_match"]["value"]
     metrics = [json.loads(line) for line in (out / "train_run/metrics.jsonl").read_text().splitlines()]
     assert metrics and metrics[-1]["step"] == 12
