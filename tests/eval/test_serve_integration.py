@@ -22,7 +22,7 @@ import pytest
 from tests.fixtures.tiny_model import build_tiny_hf_model
 
 # Engine start dominates (~45 s idle, 2+ min on a busy machine): kept out of the default run.
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.vllm
 
 JAXTUNE = str(Path(sys.executable).parent / "jaxtune")
 REPO = Path(__file__).resolve().parents[2]
