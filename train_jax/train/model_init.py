@@ -57,7 +57,9 @@ def load_initial_model(spec: ModelSpec, method: MethodConfig, seed: int) -> Init
     else:
         from train_jax.convert.hf_import import from_hf, resolve_model_dir
 
-        cfg, params = from_hf(spec.path, **options)
+        # from_hf's own `dtype` would cast the weights; the compute dtype goes to the config.
+        base_cfg, params = from_hf(spec.path)
+        cfg = ModelConfig.from_hf_config(dict(base_cfg.hf_config), **options)
         assets = resolve_model_dir(spec.path)
         source = {"kind": "hf", "path": str(spec.path), "hf_dir": str(assets)}
     if spec.tokenizer is not None:
