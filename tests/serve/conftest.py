@@ -17,9 +17,10 @@ from tests.serve.fake_server import fake_app
 
 @pytest.fixture(scope="session")
 def served_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # A long context gives the disconnect test a generation that lasts seconds, not one.
+    # A long context gives the disconnect test a generation that outlasts the hang-up even on an
+    # idle machine, where the tiny model streams thousands of tokens per second.
     # What vLLM serves here is a `jaxtune export` output, as users serve their tuned models.
-    return build_exported_tiny_model(tmp_path_factory.mktemp("served"), max_position_embeddings=4096)
+    return build_exported_tiny_model(tmp_path_factory.mktemp("served"), max_position_embeddings=16384)
 
 
 @pytest.fixture

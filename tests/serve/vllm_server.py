@@ -20,11 +20,11 @@ from tests.serve.fake_server import free_port
 # Small, CPU-friendly engine settings: eager mode starts fastest, 0.25 GiB of KV cache is
 # plenty for tiny models and leaves the shared machine alone.
 TEST_ENGINE_FLAGS = ("--enforce-eager", "--kv-cache-gib", "0.25", "--memory-fraction", "0.1")
-MAX_TEST_CONTEXT = 4096
+MAX_TEST_CONTEXT = 16384
 
 
 def serving_context_len(model_dir: Path) -> int:
-    """The context the tests serve `model_dir` with: its own, capped at 4096 tokens."""
+    """The context the tests serve `model_dir` with: its own, capped at 16384 tokens."""
     config = json.loads((model_dir / "config.json").read_text())
     return min(MAX_TEST_CONTEXT, int(config.get("max_position_embeddings", MAX_TEST_CONTEXT)))
 
