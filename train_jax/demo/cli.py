@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or continue) the demo and print where the report is."""
     from train_jax.demo.pipeline import DemoPipeline, DemoSettings
 
-    config = args.config or args._repo_root / "configs" / "train" / f"{args.task}.yaml"
+    config = (args.config or args._repo_root / "configs" / "train" / f"{args.task}.yaml").resolve()
     try:
         levels = tuple(int(c) for c in args.latency_concurrency.split(","))
     except ValueError:
@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
                          f"got {args.latency_concurrency!r}") from None
     defaults = DemoSettings.__dataclass_fields__["serve_args"].default
     settings = DemoSettings(
-        out_dir=args.out, task=args.task, base_model=args.base_model, train_config=config,
+        out_dir=args.out.resolve(), task=args.task, train_config=config,
+        base_model=str(Path(args.base_model).resolve()) if Path(args.base_model).exists()
+        else args.base_model,
         train_overrides=tuple(args.overrides), budget_minutes=args.budget_minutes,
         eval_limit=args.eval_limit, baseline_shots=args.shots, latency_concurrency=levels,
         latency_requests=args.latency_requests,

@@ -153,8 +153,9 @@ class DemoPipeline:
     def _train(self) -> dict:
         overrides = [f"model={self.base_dir}", f"run_dir={self.run_dir}",
                      f"train.time_budget_minutes={self.s.budget_minutes:g}", *self.s.train_overrides]
+        # Shipped configs name data files relative to the repository root.
         run_logged(jaxtune_command("train", "--config", str(self.s.train_config), *overrides),
-                   self.logs / "train.log", env=self.s.extra_env)
+                   self.logs / "train.log", env=self.s.extra_env, cwd=REPO_ROOT)
         return {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.jsonl")}
 
     def _export(self) -> dict:

@@ -32,15 +32,16 @@ def jaxtune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "infra.cli", *args]
 
 
-def run_logged(argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> None:
-    """Run `argv`, teeing output to `log_path` and our log; raise `StageFailed` on failure."""
+def run_logged(argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> None:
+    """Run `argv` (in `cwd`), teeing output to `log_path` and our log; raise `StageFailed` on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ %s", shlex.join(argv))
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **(env or {})}, bufsize=1)
+                                env={**os.environ, **(env or {})}, bufsize=1, cwd=cwd)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
