@@ -20,16 +20,12 @@ import contextlib
 import io
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
+from serve.server_process import free_port, running_server
 
 logger = logging.getLogger("serve_overhead")
 
@@ -51,12 +47,6 @@ class LevelResult:
     ttft_p50_ms: float
     tpot_p50_ms: float
     duration_s: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(kind: str, args: argparse.Namespace, port: int) -> list[str]:
@@ -83,38 +73,15 @@ def server_command(kind: str, args: argparse.Namespace, port: int) -> list[str]:
 def running(kind: str, args: argparse.Namespace):
     """Start one server, wait until it answers, yield its URL, stop it."""
     port = free_port()
-    log_path = args.out / f"{kind}_server.log"
     cmd = server_command(kind, args, port)
     logger.info("starting %s: %s", kind, " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("JAXTUNE_API_KEY", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{kind} server exited ({proc.returncode}); see {log_path}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > args.start_timeout:
-                raise RuntimeError(f"{kind} server not up after {args.start_timeout} s")
-            time.sleep(2)
+    # An empty key disables auth: every server is measured without it.
+    env = {"PYTHONPATH": str(REPO), "JAXTUNE_API_KEY": ""}
+    with running_server(cmd, port, args.out / f"{kind}_server.log", ready_path="/health",
+                        timeout_s=args.start_timeout, poll_s=2, env=env, cwd=REPO) as url:
         logger.info("%s up in %.0f s", kind, time.monotonic() - started)
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
 
 
 def bench_level(url: str, args: argparse.Namespace, concurrency: int, requests: int,

@@ -7,21 +7,16 @@ everything runs through the `jaxtune` console script, as a user would.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from serve.server_process import free_port, running_server
 from tests.fixtures.tiny_model import build_tiny_hf_model
 
-# Engine start dominates (~45 s idle, 2+ min on a busy machine): kept out of the default run.
 pytestmark = pytest.mark.vllm
 
 JAXTUNE = str(Path(sys.executable).parent / "jaxtune")
@@ -30,46 +25,16 @@ SERVE_FLAGS = ("--enforce-eager", "--kv-cache-gib", "0.25", "--memory-fraction",
                "--max-model-len", "512")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("eval_serve")
     model = build_tiny_hf_model(tmp / "tiny")
-    port = _free_port()
-    log_path = tmp / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [JAXTUNE, "serve", "--model", str(model), "--name", "tiny", "--port", str(port),
-             *SERVE_FLAGS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 420
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jaxtune serve exited: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"jaxtune serve not ready; see {log_path}")
-            time.sleep(1)
+    port = free_port()
+    argv = [JAXTUNE, "serve", "--model", str(model), "--name", "tiny", "--port", str(port),
+            *SERVE_FLAGS]
+    with running_server(argv, port, tmp / "serve.log", timeout_s=420,
+                        env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
 
 
 def _jaxtune(*argv) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from fastapi import FastAPI
 from serve.app import create_app
 from serve.engine import ModelCard
 from serve.fake_engine import FakeEngine
+from serve.server_process import free_port
 from serve.settings import ModelSource, ServeSettings
 
 FAKE_MODEL = "fake"
@@ -40,12 +40,6 @@ def fake_app(engine: FakeEngine | None = None, **overrides) -> tuple[FastAPI, Fa
         return engine
 
     return create_app(fake_settings(**overrides), factory), engine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

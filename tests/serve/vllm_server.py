@@ -4,18 +4,12 @@ benchmarks (loopback only; always stopped)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from tests.serve.fake_server import free_port
+from serve.server_process import free_port, running_server
 
 # Small, CPU-friendly engine settings: eager mode starts fastest, 0.25 GiB of KV cache is
 # plenty for tiny models and leaves the shared machine alone.
@@ -37,39 +31,5 @@ def jaxtune_server(model_dir: Path, *, name: str, log_path: Path,
     port = free_port()
     cmd = [sys.executable, "-m", "serve", "--model", str(model_dir), "--name",
            name, "--port", str(port), *extra_args]
-    full_env = {**os.environ, **(env or {})}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, url, log_path, start_timeout_s)
+    with running_server(cmd, port, log_path, timeout_s=start_timeout_s, env=env) as url:
         yield url
-    finally:
-        _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"jaxtune serve exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"jaxtune serve not ready after {timeout_s:.0f} s; see {log_path}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # The engine core runs in its own processes in the server's session.
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)

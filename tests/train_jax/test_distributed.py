@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.launch.gke_manifest import COMPLETION_INDEX_FIELD, GkeJobSpec, GpuNodes, render_jobset
+from serve.server_process import free_port
 from train_jax.distributed import DistributedConfig, DistributedSetupError, initialize, resolve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,12 +105,6 @@ jax.distributed.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rendered_env(nodes: int) -> list[dict]:
     spec = GkeJobSpec(name="jt", image="img", accelerator="gpu", run_config={},
                       gpu=GpuNodes("nvidia-l4", nodes, 1))
@@ -153,7 +147,7 @@ def _assert_one_job_of_two(results: list[dict]) -> None:
 
 def test_two_local_processes_join_through_the_rendered_gpu_env(tmp_path):
     rendered = _rendered_env(nodes=2)
-    port = _free_port()
+    port = free_port()
     envs = []
     for index in range(2):
         env = _base_env()
@@ -175,7 +169,7 @@ def test_two_local_processes_join_through_the_rendered_gpu_env(tmp_path):
 
 def test_two_local_processes_join_through_run_config_settings(tmp_path):
     config = REPO / "tests" / "infra" / "golden" / "run_config.yaml"
-    port = _free_port()
+    port = free_port()
     argvs = [[str(config), f"distributed.coordinator_address=127.0.0.1:{port}",
               "distributed.num_processes=2", f"distributed.process_id={index}",
               "distributed.initialization_timeout_s=60"] for index in range(2)]

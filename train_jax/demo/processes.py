@@ -10,15 +10,12 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import httpx
+from serve.server_process import ServerStartError, free_port, running_server
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +48,6 @@ def run_logged(argv: Sequence[str], log_path: Path, *, env: dict[str, str] | Non
         raise StageFailed(f"command failed with exit code {code}: {shlex.join(argv)} (log: {log_path})")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served_model(model_dir: Path, name: str, log_path: Path, *, extra_args: Sequence[str] = (),
                  ready_timeout_s: float = 600.0) -> Iterator[str]:
@@ -65,40 +55,9 @@ def served_model(model_dir: Path, name: str, log_path: Path, *, extra_args: Sequ
     port = free_port()
     argv = jaxtune_command("serve", "--model", str(model_dir), "--name", name,
                            "--port", str(port), *extra_args)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ %s", shlex.join(argv))
-    with open(log_path, "a", encoding="utf-8") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(proc, base_url, ready_timeout_s, log_path)
-            yield base_url
-        finally:
-            _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen, base_url: str, timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StageFailed(f"server exited with code {proc.returncode} before it was ready "
-                              f"(log: {log_path})")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/ready", timeout=5).status_code == 200:
-                return
-        time.sleep(1.0)
-    raise StageFailed(f"server not ready after {timeout_s:.0f} s (log: {log_path})")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    # The whole session: vLLM's engine core is a child process of the server.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with running_server(argv, port, log_path, timeout_s=ready_timeout_s) as base_url:
+            yield base_url
+    except ServerStartError as exc:
+        raise StageFailed(str(exc)) from None

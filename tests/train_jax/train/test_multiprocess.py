@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 
 import pytest
 
+from serve.server_process import free_port
 from tests.train_jax.train.runs import REPO, env, losses, train_command, viggo_slice, write_config
 from train_jax.config.run_config import load_run_config
 from train_jax.train.loop import train
 
 STEPS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -31,7 +25,7 @@ def test_two_processes_match_one_process(tmp_path):
     train(load_run_config(config, [f"run_dir={single_dir}"]))
 
     multi_dir = tmp_path / "multi"
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(
         train_command(config, f"run_dir={multi_dir}"), cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
