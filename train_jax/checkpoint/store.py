@@ -24,6 +24,7 @@ from train_jax.checkpoint.layout import (
     steps_dir,
     write_checkpoint_info,
 )
+from train_jax.convert import names
 from train_jax.model.config import LoraSpec, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def checkpoint_manager(ckpt_dir: str | Path, *, options: ocp.CheckpointManagerOp
     # Readers name the `params` handler so its metadata (shapes, dtypes) can be read.
     return ocp.CheckpointManager(root, options=options or ocp.CheckpointManagerOptions(
         read_only=True, save_interval_steps=0, create=False),
-                                 item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler()})
+                                 item_handlers={PARAMS_ITEM: ocp.PyTreeCheckpointHandler()})
 
 
 def committed_steps(ckpt_dir: str | Path) -> list[int]:
@@ -110,28 +111,56 @@ def restore_params(ckpt_dir: str | Path, step: int | None = None,
     `jax.sharding.Sharding` matching the params tree they are jax arrays placed accordingly.
     Other items of the step (optimizer state, data state) are not read.
     """
-    read_checkpoint_info(ckpt_dir)
+    info = read_checkpoint_info(ckpt_dir)
     if not steps_dir(ckpt_dir).is_dir():
         raise NoCommittedStepError(f"{ckpt_dir} has no committed step under {steps_dir(ckpt_dir)}")
     with checkpoint_manager(ckpt_dir, read_only=True) as manager:
         step = _resolve(ckpt_dir, sorted(manager.all_steps()), step)
-        metadata = manager.item_metadata(step)
-        if PARAMS_ITEM not in metadata or metadata[PARAMS_ITEM] is None:
-            raise CheckpointError(f"step {step} of {ckpt_dir} has no `{PARAMS_ITEM}` item")
-        meta_tree = getattr(metadata[PARAMS_ITEM], "tree", metadata[PARAMS_ITEM])
+        restored = None
         if target_shardings is None:
-            target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), meta_tree)
-        else:
-            shardings = _stringify_keys(target_shardings)
-            try:
-                target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                                      meta_tree, shardings)
-            except ValueError as exc:
-                raise CheckpointError(
-                    f"target_shardings does not match the params tree of {ckpt_dir}: {exc}") from None
+            restored = _restore_to_host(manager, step, info.to_model_config())
+        if restored is None:
+            restored = _restore_from_metadata(manager, ckpt_dir, step, target_shardings)
+    return _intify_keys(restored)
+
+
+def _restore_to_host(manager: ocp.CheckpointManager, step: int, model_config: ModelConfig) -> Params | None:
+    # The tree is known from the model config, so the step's metadata (shapes, dtypes) need not
+    # be read and turned into a target tree first: that costs as much as a third of the restore
+    # of a 135M model. None when the stored tree differs from the config's (the caller then
+    # restores by the metadata, which also gives the precise error).
+    tree = names.unflatten({tuple(str(k) for k in path): ocp.RestoreArgs(restore_type=np.ndarray)
+                            for path in names.checkpoint_param_paths(model_config)})
+    try:
         restored = manager.restore(
-            step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
-    return _intify_keys(restored[PARAMS_ITEM])
+            step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.PyTreeRestore(restore_args=tree)}))
+    except ValueError as exc:
+        logger.debug("params tree of step %d differs from the model config (%s); reading metadata", step, exc)
+        return None
+    return restored[PARAMS_ITEM]
+
+
+def _restore_from_metadata(manager: ocp.CheckpointManager, ckpt_dir: str | Path, step: int,
+                           target_shardings: Any | None) -> Params:
+    metadata = manager.item_metadata(step)
+    if PARAMS_ITEM not in metadata or metadata[PARAMS_ITEM] is None:
+        raise CheckpointError(f"step {step} of {ckpt_dir} has no `{PARAMS_ITEM}` item")
+    meta_tree = getattr(metadata[PARAMS_ITEM], "tree", metadata[PARAMS_ITEM])
+    if target_shardings is None:
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), meta_tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
+    else:
+        shardings = _stringify_keys(target_shardings)
+        try:
+            target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                                  meta_tree, shardings)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"target_shardings does not match the params tree of {ckpt_dir}: {exc}") from None
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{PARAMS_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}))
+    return restored[PARAMS_ITEM]
 
 
 def _stringify_keys(tree: Any) -> Any:

@@ -73,6 +73,17 @@ def expected_shapes(cfg: ModelConfig) -> dict[Path, jax.ShapeDtypeStruct]:
     return {path: jax.ShapeDtypeStruct(shape, dtype) for path, shape in shapes.items()}
 
 
+def checkpoint_param_paths(cfg: ModelConfig) -> list[Path]:
+    """Paths of the params tree a checkpoint of this config holds: base parameters plus LoRA leaves."""
+    paths = list(expected_shapes(cfg))
+    if cfg.lora is None:
+        return paths
+    adapted = [(*path[:-1], leaf) for path in paths
+               if path[-1] == "kernel" and path[0] == "layers" and path[-2] in cfg.lora.targets
+               for leaf in LORA_LEAVES]
+    return paths + adapted
+
+
 def model_param_shapes(cfg: ModelConfig) -> dict[Path, jax.ShapeDtypeStruct]:
     """The same as `expected_shapes` (plus LoRA leaves), read from the Flax model itself."""
     abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))

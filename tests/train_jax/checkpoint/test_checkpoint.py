@@ -106,3 +106,25 @@ def test_refuses_to_overwrite_a_step(tmp_path):
     ckpt.write_model_checkpoint(tmp_path, _params(), cfg)
     with pytest.raises(ckpt.CheckpointError, match="already has step 0"):
         ckpt.write_model_checkpoint(tmp_path, _params(), cfg)
+
+
+
+@pytest.mark.parametrize("lora", [None, LoraSpec(rank=4, alpha=8.0, targets=("q_proj", "down_proj"))])
+def test_a_model_tree_restores_without_reading_metadata(tmp_path, monkeypatch, lora):
+    from flax import nnx
+
+    from train_jax.checkpoint import store
+    from train_jax.model.llama import LlamaForCausalLM
+
+    cfg = ModelConfig.from_hf_config(TINY_CONFIG, lora=lora)
+    model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(3))
+    params = jax.tree.map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
+    ckpt.write_model_checkpoint(tmp_path, params, cfg, lora=lora)
+
+    def metadata_path_taken(*args, **kwargs):
+        raise AssertionError("restore of a tree the config describes read the step's metadata")
+
+    monkeypatch.setattr(store, "_restore_from_metadata", metadata_path_taken)
+    restored = ckpt.restore_params(tmp_path)
+    assert ("lora_a" in restored["layers"][1]["mlp"]["down_proj"]) == (lora is not None)
+    _assert_same(restored, params)

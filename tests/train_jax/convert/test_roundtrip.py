@@ -176,8 +176,12 @@ def test_expected_shapes_match_the_flax_model(family):
 
     cfg = ModelConfig.from_hf_config({**BASE, **FAMILIES[family]})
     assert names.expected_shapes(cfg) == names.model_param_shapes(cfg)
-    with_lora = names.model_param_shapes(cfg.replace(lora=LoraSpec(targets=("q_proj", "up_proj"))))
+    lora_cfg = cfg.replace(lora=LoraSpec(targets=("q_proj", "up_proj")))
+    with_lora = names.model_param_shapes(lora_cfg)
     assert {p for p in with_lora if p[-1] not in names.LORA_LEAVES} == set(names.expected_shapes(cfg))
+    # The tree restore_params asks orbax for, without reading the checkpoint's metadata.
+    assert sorted(names.checkpoint_param_paths(lora_cfg), key=str) == sorted(with_lora, key=str)
+    assert sorted(names.checkpoint_param_paths(cfg), key=str) == sorted(names.expected_shapes(cfg), key=str)
 
 
 def test_config_options_do_not_cast_weights_and_weight_dtype_does(tmp_path):
