@@ -17,6 +17,7 @@ from flax import nnx
 
 from train_jax.model import axes
 from train_jax.model.config import LoraSpec, ModelConfig
+from train_jax.model.dense import dense, dense_transposed
 
 
 class LoraParam(nnx.Param):
@@ -105,7 +106,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = x @ self.kernel[...].astype(self.dtype)
+        y = dense(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
@@ -226,7 +227,7 @@ class LlamaForCausalLM(nnx.Module):
             x = run_block(block, x, cos, sin, mask)
         x = self.norm(x)
         if self.lm_head is None:
-            logits = x @ table.astype(dtype).T
+            logits = dense_transposed(x, table)
         else:
             logits = self.lm_head(x)
         return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
