@@ -2,7 +2,8 @@
 
 `dense(x, kernel)` is `x @ kernel` and `dense_transposed(x, table)` is `x @ table.T` (the tied
 LM head). Their gradients are the textbook pair: dx = dy @ W^T, and dW = X^T dY over all
-leading (batch, time) positions flattened into one contraction, accumulated in float32.
+leading (batch, time) positions flattened into one contraction. Every product accumulates in
+float32 and is rounded to the input dtype once.
 
 Why not let autodiff derive them: on XLA:CPU, the derived backward of a SwiGLU MLP fuses the
 transposition of dY into the elementwise kernel that produces it, and that transposed write
@@ -22,17 +23,24 @@ def _flat(a: jax.Array) -> jax.Array:
     return a.reshape(-1, a.shape[-1])
 
 
+def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
+    # Accumulate in float32 whatever the inputs: with bfloat16 inputs XLA:CPU then takes its
+    # bf16 dot-product kernels (avx512_bf16: 740-760 GFLOP/s on a 2-core Zen 4, against 270-390
+    # for a bf16 result), and TPUs and GPUs accumulate bf16 products in float32 anyway.
+    out = jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
+                              preferred_element_type=jnp.float32)
+    return out.astype(dtype)
+
+
 def _weight_grad(x: jax.Array, dy: jax.Array, dtype: jnp.dtype) -> jax.Array:
     # (in, out) = X^T dY, contracting every (batch, time) position at once.
-    grad = jax.lax.dot_general(_flat(x), _flat(dy), (((0,), (0,)), ((), ())),
-                               preferred_element_type=jnp.float32)
-    return grad.astype(dtype)
+    return _matmul(_flat(x), _flat(dy), (0, 0), dtype)
 
 
 @jax.custom_vjp
 def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """`x @ kernel` in x's dtype; kernel is (in, out) and is cast to x's dtype."""
-    return x @ kernel.astype(x.dtype)
+    return _matmul(x, kernel.astype(x.dtype), (x.ndim - 1, 0), x.dtype)
 
 
 def _dense_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -41,7 +49,7 @@ def _dense_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Ar
 
 def _dense_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
-    dx = (dy @ kernel.astype(dy.dtype).T).astype(x.dtype)
+    dx = _matmul(dy, kernel.astype(dy.dtype), (dy.ndim - 1, 1), x.dtype)
     return dx, _weight_grad(x, dy, kernel.dtype)
 
 
@@ -51,7 +59,7 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 @jax.custom_vjp
 def dense_transposed(x: jax.Array, table: jax.Array) -> jax.Array:
     """`x @ table.T` in x's dtype; table is (out, in), e.g. a tied embedding used as LM head."""
-    return x @ table.astype(x.dtype).T
+    return _matmul(x, table.astype(x.dtype), (x.ndim - 1, 1), x.dtype)
 
 
 def _dense_transposed_fwd(x: jax.Array, table: jax.Array
@@ -62,7 +70,7 @@ def _dense_transposed_fwd(x: jax.Array, table: jax.Array
 def _dense_transposed_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
                           ) -> tuple[jax.Array, jax.Array]:
     x, table = res
-    dx = (dy @ table.astype(dy.dtype)).astype(x.dtype)
+    dx = _matmul(dy, table.astype(dy.dtype), (dy.ndim - 1, 0), x.dtype)
     return dx, _weight_grad(dy, x, table.dtype)  # (out, in) = dY^T X
 
 
