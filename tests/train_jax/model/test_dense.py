@@ -21,7 +21,7 @@ def test_dense_matches_autodiff(compute_dtype):
     x = jax.random.normal(keys[0], (2, 5, 16), compute_dtype)
     kernel = jax.random.normal(keys[1], (16, 24), jnp.float32)
     cotangent = jax.random.normal(keys[2], (2, 5, 24), compute_dtype)
-    plain = lambda x, w: x @ w.astype(x.dtype)  # noqa: E731
+    plain = lambda x, w: x @ w.astype(x.dtype)
     np.testing.assert_allclose(np.asarray(dense(x, kernel), np.float32), np.asarray(plain(x, kernel), np.float32),
                                rtol=1e-5 if compute_dtype == jnp.float32 else 1e-2, atol=1e-5)
     got, want = _grads(dense, x, kernel, cotangent), _grads(plain, x, kernel, cotangent)
@@ -36,7 +36,7 @@ def test_dense_transposed_matches_autodiff():
     x = jax.random.normal(keys[0], (3, 4, 16))
     table = jax.random.normal(keys[1], (40, 16))
     cotangent = jax.random.normal(keys[2], (3, 4, 40))
-    plain = lambda x, t: x @ t.T  # noqa: E731
+    plain = lambda x, t: x @ t.T
     np.testing.assert_allclose(dense_transposed(x, table), plain(x, table), rtol=1e-5, atol=1e-5)
     got, want = _grads(dense_transposed, x, table, cotangent), _grads(plain, x, table, cotangent)
     for g, w in zip(got, want, strict=True):
