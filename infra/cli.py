@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxtune: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary turns errors into one line
+    except Exception as exc:  # the CLI boundary turns errors into one line
         if args.debug:
             raise
         name = type(exc).__name__

@@ -82,17 +82,17 @@ def write_report(pipeline: DemoPipeline) -> Path:
         "Command: `" + shlex.join(["jaxtune", *sys.argv[1:]] if sys.argv[1:2] == ["demo"]
                                   else ["jaxtune", "demo", "--out", str(s.out_dir)]) + "`", "",
         "## Accuracy on the validation split", "",
-        f"{base['n_examples'] if base else '?'} validation examples; the base model is prompted "
-        f"with the task instruction and {s.baseline_shots} shots (chat template), the tuned model "
-        f"with the `{pipeline.tuned_style()}` prompt it was trained on.", "",
+        (f"{base['n_examples'] if base else '?'} validation examples; the base model is prompted "
+         f"with the task instruction and {s.baseline_shots} shots (chat template), the tuned model "
+         f"with the `{pipeline.tuned_style()}` prompt it was trained on."), "",
         *_accuracy_rows(base, tuned), "",
     ]
     if compare:
-        lines += ["Paired comparison (McNemar): see "
-                  f"[{pipeline.eval_dir('compare') / 'report.md'}]({pipeline.eval_dir('compare') / 'report.md'}).", ""]
+        lines += [("Paired comparison (McNemar): see "
+                   f"[{pipeline.eval_dir('compare') / 'report.md'}]({pipeline.eval_dir('compare') / 'report.md'})."), ""]
     lines += ["## Training", "", *_training_summary(pipeline.run_dir / "metrics.jsonl"),
-              f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
-              f"(budget {s.budget_minutes:g} min)", "",
+              (f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
+               f"(budget {s.budget_minutes:g} min)"), "",
               "## Stages", "", "| stage | seconds |", "|---|---|",
               *[f"| {name} | {_fmt(sec, 0)} |" for name, sec in seconds.items() if name != "report"], "",
               "## Outputs", "",
