@@ -18,6 +18,7 @@ from flax import nnx
 from train_jax.model import axes
 from train_jax.model.config import LoraSpec, ModelConfig
 from train_jax.model.dense import dense, dense_transposed
+from train_jax.model.head_loss import head_cross_entropy
 
 
 class LoraParam(nnx.Param):
@@ -232,6 +233,31 @@ class LlamaForCausalLM(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
+        x = self.final_hidden(input_ids, positions, segment_ids)
+        if self.lm_head is None:
+            logits = dense_transposed(x, self.embed_tokens["embedding"][...])
+        else:
+            logits = self.lm_head(x)
+        return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
+
+    def token_losses(self, input_ids: jax.Array, targets: jax.Array,
+                     positions: jax.Array | None = None,
+                     segment_ids: jax.Array | None = None) -> jax.Array:
+        """float32 (B, T) cross-entropy of the next-token distribution at `targets`.
+
+        The same values as a cross-entropy of `__call__`'s logits, without materialising
+        them in (B, T, V): the head and the loss are one fused op (`head_loss`).
+        """
+        x = self.final_hidden(input_ids, positions, segment_ids)
+        if self.lm_head is None:
+            table = self.embed_tokens["embedding"][...]
+        else:
+            table = self.lm_head.kernel[...].T  # (V, D); the head has no bias and no LoRA
+        return head_cross_entropy(x, table, targets)
+
+    def final_hidden(self, input_ids: jax.Array, positions: jax.Array | None = None,
+                     segment_ids: jax.Array | None = None) -> jax.Array:
+        """The final-norm hidden states (B, T, D) in the compute dtype, before the head."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         b, t = input_ids.shape
@@ -244,12 +270,7 @@ class LlamaForCausalLM(nnx.Module):
         run_block = nnx.remat(_run_block) if cfg.remat else _run_block
         for block in self.layers:
             x = run_block(block, x, cos, sin, mask)
-        x = self.norm(x)
-        if self.lm_head is None:
-            logits = dense_transposed(x, table)
-        else:
-            logits = self.lm_head(x)
-        return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
+        return self.norm(x)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> LlamaForCausalLM:

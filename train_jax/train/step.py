@@ -32,8 +32,8 @@ def _loss_sums(parts: ModelParts, mesh: Mesh, trainable: PureTree, frozen: PureT
     """Sum of masked token cross-entropies and the number of trained tokens of one pass."""
     model = parts.merge(trainable, frozen, rng_index, train=train)
     with use_mesh_constraints(mesh):
-        logits = model(batch["input_ids"], batch["positions"], batch["segment_ids"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        ce = model.token_losses(batch["input_ids"], batch["targets"], batch["positions"],
+                                batch["segment_ids"])
     mask = batch["loss_mask"].astype(jnp.float32)
     return jnp.sum(ce * mask), jnp.sum(mask)
 
