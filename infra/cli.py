@@ -82,9 +82,12 @@ def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxtune` console script."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
+    # The process is the command's own (not a caller's, e.g. a test's): it may re-execute.
+    args._whole_process = from_command_line
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

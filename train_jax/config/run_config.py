@@ -122,6 +122,9 @@ class TrainConfig:
     progress: bool = True
     time_budget_minutes: float | None = None  # stop (with a checkpoint) after this wall time
     peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
+    # `jaxtune train` re-executes itself with glibc's huge-page malloc tunable where THP is
+    # in madvise mode, so XLA:CPU step buffers fault in 2 MiB at a time (train/host_memory.py).
+    host_huge_pages: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):
