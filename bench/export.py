@@ -1,11 +1,13 @@
 """Benchmark: `jaxtune export` of SmolLM2-135M vs a plain `safetensors.numpy.save_file`.
 
 Both write the same bf16 tensors (HF names and layout) to local disk. The jaxtune side is
-`export_checkpoint` (what `jaxtune export` runs: orbax restore of `params`, transpose to the HF
-layout, safetensors write, config / tokenizer / generation config); the peer only writes
-arrays already in memory in HF layout. Also reported: export from a checkpoint saved with
-orbax defaults (compressed, as training writes them) and the full CLI in a fresh process
-(interpreter and JAX start-up included). Target: export <= 2x the peer.
+`export_checkpoint` (what `jaxtune export` runs: read each array of the orbax `params` item,
+transpose it to the HF layout and stream it into the safetensors file, then config /
+tokenizer / generation config); the peer only writes arrays already in memory in HF layout.
+Also reported: export from a checkpoint saved with orbax defaults (compressed, as training
+writes them), the full CLI in a fresh process (interpreter and JAX start-up included), and
+phases alone, including orbax's own restore of the same item for reference. Target: export
+<= 2x the peer.
 
     .venv/bin/python bench/export.py [--model HF_DIR] [--repeats 3] [--plot PATH]
 """
@@ -13,6 +15,7 @@ orbax defaults (compressed, as training writes them) and the full CLI in a fresh
 from __future__ import annotations
 
 import argparse
+import gc
 import shutil
 import statistics
 import subprocess
@@ -44,12 +47,19 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")
     args = parser.parse_args()
 
+    import numpy as np
     import orbax.checkpoint as ocp
     from safetensors.numpy import save_file
 
     from train_jax import checkpoint as ckpt
+    from train_jax.convert import names
     from train_jax.convert.fetch import fetch_model
-    from train_jax.convert.hf_export import export_checkpoint, hf_tensors, write_safetensors
+    from train_jax.convert.hf_export import (
+        export_checkpoint,
+        hf_tensors,
+        hf_weights,
+        write_safetensors,
+    )
     from train_jax.convert.hf_import import from_hf
 
     fetch_model("smollm2-135m-instruct", args.model)
@@ -64,10 +74,18 @@ def main() -> None:
             manager.wait_until_finished()
         arrays = dict(hf_tensors(params, cfg, "bfloat16"))
         size_mb = sum(a.nbytes for a in arrays.values()) / 1e6
+        flat = names.flatten(params)
+        weights = hf_weights({path: a.shape for path, a in flat.items()}, cfg)
+        # Orbax's own restore of the item, as export_checkpoint did it before (tree from the config).
+        orbax_args = ocp.args.PyTreeRestore(restore_args=names.unflatten(
+            {tuple(map(str, p)): ocp.RestoreArgs(restore_type=np.ndarray) for p in flat}))
+        orbax_restorer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
 
         cli_cmd = [str(Path(sys.executable).parent / "jaxtune"), "export", "--checkpoint",
                    str(work / "ckpt"), "--out", str(work / "export_cli"), "--dtype", "bf16"]
-        # Interleaved (one of each per round) so that both sides see the same machine load.
+        # Interleaved (one of each per round) so that both sides see the same machine load. A
+        # gc.collect() (untimed) before every call keeps a full collection of the garbage the
+        # benchmark loop itself leaves (~80 ms with JAX loaded) out of whichever call trips it.
         # Every contender writes a file that does not exist yet (outputs are removed between
         # rounds, untimed): rewriting an existing file in place costs ~0.1 s more on ext4, whose
         # auto_da_alloc starts writeback of the truncated file's pages on close. The last
@@ -81,9 +99,11 @@ def main() -> None:
                 lambda: export_checkpoint(work / "train_ckpt", work / "export2", dtype="bf16"),
             "`jaxtune export` CLI (fresh process)":
                 lambda: subprocess.run(cli_cmd, check=True, capture_output=True),
-            "  phase: restore_params (orbax)": lambda: ckpt.restore_params(work / "ckpt"),
-            "  phase: to HF layout (transposes)": lambda: dict(hf_tensors(params, cfg, "bfloat16")),
-            "  phase: write safetensors": lambda: write_safetensors(iter(arrays.items()), work / "phase"),
+            "  phase: restore_params (tensorstore, all arrays)": lambda: ckpt.restore_params(work / "ckpt"),
+            "  phase: orbax restore of the same item (before)":
+                lambda: orbax_restorer.restore(work / "ckpt" / "steps" / "0" / "params", args=orbax_args),
+            "  phase: transposes + streamed write, from memory":
+                lambda: write_safetensors(weights, flat, "bfloat16", work / "phase"),
             "  peer rewriting its file in place (not fresh)":
                 lambda: save_file(arrays, work / "peer_in_place.safetensors", metadata={"format": "pt"}),
         }
@@ -96,6 +116,7 @@ def main() -> None:
             for name, fn in contenders.items():
                 for output in outputs:
                     output.unlink(missing_ok=True)
+                gc.collect()
                 times[name] += _timed(fn, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -105,7 +126,7 @@ def main() -> None:
     print(f"SmolLM2-135M bf16, {len(arrays)} tensors, {size_mb:.0f} MB; median of {args.repeats}, interleaved")
     print(f"{'':55s} {'median s':>9s} {'min s':>7s} {'x peer':>7s}")
     for name, t in times.items():
-        print(f"{name:55s} {statistics.median(t):9.2f} {min(t):7.2f} {statistics.median(t) / base:6.2f}x")
+        print(f"{name:55s} {statistics.median(t):9.3f} {min(t):7.3f} {statistics.median(t) / base:6.2f}x")
     if args.plot:
         import matplotlib
 

@@ -11,9 +11,11 @@ Typical use:
 - training: `write_checkpoint_info(ckpt_dir, cfg, assets_from=base_dir)` once, then
   `checkpoint_manager(ckpt_dir)` and `manager.save(step, args=ocp.args.Composite(params=
   ocp.args.StandardSave(params), opt_state=..., ...))`
-- reading: `read_checkpoint_info(ckpt_dir)`, `restore_params(ckpt_dir, step=None)`
+- reading: `read_checkpoint_info(ckpt_dir)`, `restore_params(ckpt_dir, step=None)`, or
+  `open_params(ckpt_dir)` to read the host arrays one at a time into buffers of one's own
 """
 
+from train_jax.checkpoint.host_read import StoredArrays
 from train_jax.checkpoint.layout import (
     ASSETS_DIR,
     FORMAT_VERSION,
@@ -34,6 +36,7 @@ from train_jax.checkpoint.store import (
     NoCommittedStepError,
     checkpoint_manager,
     committed_steps,
+    open_params,
     resolve_step,
     restore_params,
     write_model_checkpoint,
@@ -41,8 +44,8 @@ from train_jax.checkpoint.store import (
 
 __all__ = [
     "ASSETS_DIR", "FORMAT_VERSION", "INFO_FILE", "PARAMS_ITEM", "STEPS_DIR",
-    "CheckpointError", "CheckpointInfo", "NoCommittedStepError", "NotACheckpointError",
+    "CheckpointError", "CheckpointInfo", "NoCommittedStepError", "NotACheckpointError", "StoredArrays",
     "assets_dir", "checkpoint_manager", "committed_steps", "copy_hf_assets",
-    "is_jaxtune_checkpoint", "read_checkpoint_info", "resolve_step", "restore_params",
+    "is_jaxtune_checkpoint", "open_params", "read_checkpoint_info", "resolve_step", "restore_params",
     "steps_dir", "write_checkpoint_info", "write_model_checkpoint",
 ]

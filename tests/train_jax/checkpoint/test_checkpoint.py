@@ -108,9 +108,8 @@ def test_refuses_to_overwrite_a_step(tmp_path):
         ckpt.write_model_checkpoint(tmp_path, _params(), cfg)
 
 
-
 @pytest.mark.parametrize("lora", [None, LoraSpec(rank=4, alpha=8.0, targets=("q_proj", "down_proj"))])
-def test_a_model_tree_restores_without_reading_metadata(tmp_path, monkeypatch, lora):
+def test_host_restore_reads_with_tensorstore_not_orbax(tmp_path, monkeypatch, lora):
     from flax import nnx
 
     from train_jax.checkpoint import store
@@ -121,10 +120,47 @@ def test_a_model_tree_restores_without_reading_metadata(tmp_path, monkeypatch, l
     params = jax.tree.map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
     ckpt.write_model_checkpoint(tmp_path, params, cfg, lora=lora)
 
-    def metadata_path_taken(*args, **kwargs):
-        raise AssertionError("restore of a tree the config describes read the step's metadata")
+    def orbax_path_taken(*args, **kwargs):
+        raise AssertionError("a host restore of a dict tree of arrays went through orbax")
 
-    monkeypatch.setattr(store, "_restore_from_metadata", metadata_path_taken)
+    monkeypatch.setattr(store, "_restore_from_metadata", orbax_path_taken)
     restored = ckpt.restore_params(tmp_path)
     assert ("lora_a" in restored["layers"][1]["mlp"]["down_proj"]) == (lora is not None)
     _assert_same(restored, params)
+    stored = ckpt.open_params(tmp_path)
+    kernel = ("layers", 1, "mlp", "down_proj", "kernel")
+    assert stored.shapes[kernel] == params["layers"][1]["mlp"]["down_proj"]["kernel"].shape
+    out = np.empty(stored.shapes[kernel], stored.dtypes[kernel])
+    stored.read_into(kernel, out).result()
+    assert out.tobytes() == params["layers"][1]["mlp"]["down_proj"]["kernel"].tobytes()
+    with pytest.raises(ValueError, match=r"layers\.1\.mlp\.down_proj\.kernel is .*, not"):
+        stored.read_into(kernel, out.reshape(-1))
+
+
+def test_sharded_trainer_checkpoint_restores_to_host_exactly(tmp_path, monkeypatch):
+    # As the trainer saves: jax arrays sharded over the mesh, orbax defaults (compressed).
+    from train_jax.checkpoint import store
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+    shardings = {"embed_tokens": {"embedding": NamedSharding(mesh, PartitionSpec("data", "model"))},
+                 "layers": {i: {"mlp": {"up_proj": {"kernel": NamedSharding(mesh, PartitionSpec(None, "data"))}}}
+                            for i in range(3)},
+                 "norm": {"scale": NamedSharding(mesh, PartitionSpec())}}
+    params = _params(5)
+    on_mesh = jax.tree.map(jax.device_put, params, shardings)
+    ckpt.write_checkpoint_info(tmp_path, ModelConfig.from_hf_config(TINY_CONFIG))
+    with ckpt.checkpoint_manager(tmp_path) as manager:
+        manager.save(7, args=ocp.args.Composite(params=ocp.args.StandardSave(on_mesh)))
+        manager.wait_until_finished()
+    monkeypatch.setattr(store, "_restore_from_metadata", None)  # the tensorstore path only
+    _assert_same(ckpt.restore_params(tmp_path), params)
+
+
+def test_items_the_tensorstore_reader_does_not_handle_restore_through_orbax(tmp_path):
+    params = {**_params(), "step_count": 3, "layers_list": [np.arange(4.0), np.ones(2, np.float32)]}
+    ckpt.write_model_checkpoint(tmp_path, params, ModelConfig.from_hf_config(TINY_CONFIG))
+    assert ckpt.open_params(tmp_path) is None
+    restored = ckpt.restore_params(tmp_path)
+    assert int(restored["step_count"]) == 3
+    _assert_same(restored["layers"], params["layers"])
+    np.testing.assert_array_equal(restored["layers_list"][0], np.arange(4.0))

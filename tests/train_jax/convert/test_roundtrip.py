@@ -54,6 +54,22 @@ def test_round_trip_is_bit_exact_and_config_round_trips(dtype, tmp_path):
     assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_file_is_what_save_file_writes(dtype, tmp_path):
+    # The export streams tensors (read, cast, transposed one at a time); the file must be the
+    # one save_file writes from the whole converted model (here fp32 -> bf16 casts as well).
+    from safetensors.numpy import save_file
+
+    out = _import_export(build_tiny_hf_model(tmp_path / "src", dtype="float32"), tmp_path, dtype=dtype)
+    reference = {}
+    for path, value in names.flatten(ckpt.restore_params(tmp_path / "ckpt")).items():
+        name, transposed = names.hf_name(path)
+        array = np.asarray(value).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+        reference[name] = np.ascontiguousarray(array.T) if transposed else array
+    save_file(reference, tmp_path / "reference.safetensors", metadata={"format": "pt"})
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "reference.safetensors").read_bytes()
+
+
 def test_pretrained_tied_model_round_trips_without_lm_head(tmp_path):
     out = _import_export(TINYSTORIES_DIR, tmp_path)
     tensors = _read_hf(out)
@@ -179,7 +195,7 @@ def test_expected_shapes_match_the_flax_model(family):
     lora_cfg = cfg.replace(lora=LoraSpec(targets=("q_proj", "up_proj")))
     with_lora = names.model_param_shapes(lora_cfg)
     assert {p for p in with_lora if p[-1] not in names.LORA_LEAVES} == set(names.expected_shapes(cfg))
-    # The tree restore_params asks orbax for, without reading the checkpoint's metadata.
+    # The params tree a checkpoint of this config holds.
     assert sorted(names.checkpoint_param_paths(lora_cfg), key=str) == sorted(with_lora, key=str)
     assert sorted(names.checkpoint_param_paths(cfg), key=str) == sorted(names.expected_shapes(cfg), key=str)
 
