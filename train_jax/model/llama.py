@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from train_jax.model import axes
+from train_jax.model.attention import grouped_query_attention
 from train_jax.model.config import LoraSpec, ModelConfig
 from train_jax.model.dense import dense, dense_transposed
 from train_jax.model.head_loss import head_cross_entropy
@@ -119,25 +120,6 @@ class Linear(nnx.Module):
 
 def _lora_for(cfg: ModelConfig, name: str) -> LoraSpec | None:
     return cfg.lora if cfg.lora is not None and name in cfg.lora.targets else None
-
-
-def grouped_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax attention of q (B, T, N, H) over k, v (B, S, K, H), N a multiple of K.
-
-    The same values as `jax.nn.dot_product_attention(q, k, v, mask=mask)`, written out: the
-    (batch, head) transposes are explicit and both products accumulate in float32 (softmax in
-    float32). On XLA:CPU that took an attention layer's forward + backward on SmolLM2-135M from
-    27 to 17 ms in bf16 and from 21 to 18 ms in fp32 (docs/BENCHMARKS.md#training).
-    """
-    b, t, n, h = q.shape
-    kv = k.shape[2]
-    groups = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
-    keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, H)
-    scores = jnp.einsum("bkgth,bksh->bkgts", groups, keys, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, :, None], scores * (1.0 / math.sqrt(h)), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bksh->bkgth", probs, values, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 class Attention(nnx.Module):
