@@ -57,6 +57,7 @@ class StoredArrays:
         return len(self._stores)
 
     def nbytes(self, path: Path_) -> int:
+        """Size in bytes of array `path`."""
         return math.prod(self.shapes[path]) * self.dtypes[path].itemsize
 
     def read_into(self, path: Path_, out: np.ndarray) -> Any:
