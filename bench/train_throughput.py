@@ -5,7 +5,9 @@ fine-tuning with AdamW, fp32 and bf16 compute (JAX: bf16 matmuls on fp32 master 
 PyTorch: `torch.autocast(bfloat16)`), on random-token batches and on packed ViGGO batches.
 Reports tokens/s, the ratio jaxtune / PyTorch, and MFU = model FLOPs / measured matmul peak
 of the dtype (the better of JAX's and PyTorch's 2048^3 matmul, measured right before each
-framework's timed phase).
+framework's timed phase). jaxtune runs under the glibc tunables of its default
+`train.host_allocator`, as `jaxtune train` does; PyTorch runs without them (as a plain loop
+would) and with them, and the ratio is also given against the faster of the two.
 
     .venv/bin/python bench/train_throughput.py --model runs/models/smollm2-135m-instruct
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -41,7 +45,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-PHASES = {"jaxtune": "time_jaxtune", "pytorch": "time_torch"}
+# name: (timing function, run under jaxtune's host allocator tunables). jaxtune runs as
+# `jaxtune train` does by default (it re-executes itself under `train.host_allocator`'s
+# glibc tunables); PyTorch runs as a user's loop would, and again under the same tunables, so
+# that no side is credited with the allocator (train_jax/train/host_memory.py).
+CONTENDERS = {"jaxtune": ("time_jaxtune", True), "pytorch": ("time_torch", False),
+              "pytorch_tuned": ("time_torch", True)}
 
 
 def run_phase(args: argparse.Namespace) -> None:
@@ -52,7 +61,7 @@ def run_phase(args: argparse.Namespace) -> None:
     batches = load_batches(args)
     # The machine is shared: measure the peak right before the phase, under the same load.
     jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
-    times = globals()[PHASES[name]](args.model, batches, dtype, args.steps, args.warmup)
+    times = globals()[CONTENDERS[name][0]](args.model, batches, dtype, args.steps, args.warmup)
     print("PHASE " + json.dumps({"jax_peak": jax_peak, "torch_peak": torch_peak,
                                  "times": times}), flush=True)
 
@@ -195,9 +204,11 @@ def main() -> None:
     if args.phase:
         run_phase(args)
         return
+    from train_jax.config.run_config import TrainConfig
     from train_jax.convert.hf_import import load_hf_config
     from train_jax.model.config import ModelConfig
     from train_jax.train.flops import train_flops_per_token
+    from train_jax.train.host_memory import allocator_environment, transparent_huge_page_mode
 
     cfg = ModelConfig.from_hf_config(load_hf_config(args.model))
     flops_per_token = train_flops_per_token(cfg, args.length)
@@ -205,14 +216,21 @@ def main() -> None:
     batches = load_batches(args)
     rows: dict[tuple[str, str], dict] = {}
     peaks: dict[str, float] = {}
+    policy = TrainConfig().host_allocator  # what `jaxtune train` runs with by default
+    tuned_env = allocator_environment(os.environ, policy, platform.libc_ver()[0],
+                                      transparent_huge_page_mode())
+    names = [name for name in CONTENDERS if name != "pytorch_tuned" or tuned_env is not None]
+    print(f"host allocator {policy}: " + (f"GLIBC_TUNABLES={tuned_env['GLIBC_TUNABLES']}"
+                                          if tuned_env else "nothing to change here"), flush=True)
     for dtype in dtypes:
-        for name in PHASES:
+        for name in names:
             # Each phase runs in a fresh process: neither framework's threads or memory can
             # slow the other down.
             argv = [sys.executable, __file__, "--model", args.model, "--rows", str(args.rows),
                     "--length", str(args.length), "--steps", str(args.steps), "--warmup",
                     str(args.warmup), "--batches", args.batches, "--phase", f"{name}:{dtype}"]
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            env = tuned_env if CONTENDERS[name][1] else None
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"phase {name}:{dtype} failed:\n{proc.stderr[-3000:]}")
             phase = json.loads(next(line for line in proc.stdout.splitlines()
@@ -229,21 +247,27 @@ def main() -> None:
                 row[f"{name}_step_s"] = step_s
                 row[f"{name}_tokens_per_s"] = tokens / step_s
                 row[f"{name}_mfu"] = flops_per_token * positions / step_s / peak
-                print(f"  {kind:6s} {dtype:8s} {name:8s} median step {step_s:6.2f} s  "
+                print(f"  {kind:6s} {dtype:8s} {name:17s} median step {step_s:6.2f} s  "
                       f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
                       flush=True)
     results = []
     for row in rows.values():
+        peers = [row[f"{name}_tokens_per_s"] for name in names if name.startswith("pytorch")]
+        row["pytorch_best_tokens_per_s"] = max(peers)
         row["ratio"] = row["jaxtune_tokens_per_s"] / row["pytorch_tokens_per_s"]
+        row["ratio_vs_best"] = row["jaxtune_tokens_per_s"] / max(peers)
         results.append(row)
     print()
-    print("| batch | dtype | jaxtune tok/s | PyTorch tok/s | jaxtune / PyTorch | jaxtune MFU "
-          "| PyTorch MFU |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | dtype | jaxtune tok/s | PyTorch tok/s | PyTorch, jaxtune's allocator tok/s "
+          "| jaxtune / PyTorch | jaxtune / best PyTorch | jaxtune MFU | PyTorch MFU (best) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        tuned = r.get("pytorch_tuned_tokens_per_s")
+        best_mfu = max(r.get("pytorch_mfu", 0.0), r.get("pytorch_tuned_mfu", 0.0))
         print(f"| {r['batch']} | {r['dtype']} | {r['jaxtune_tokens_per_s']:.0f} | "
-              f"{r['pytorch_tokens_per_s']:.0f} | {r['ratio']:.2f}x | {r['jaxtune_mfu']:.1%} | "
-              f"{r['pytorch_mfu']:.1%} |")
+              f"{r['pytorch_tokens_per_s']:.0f} | {'n/a' if tuned is None else f'{tuned:.0f}'} | "
+              f"{r['ratio']:.2f}x | {r['ratio_vs_best']:.2f}x | {r['jaxtune_mfu']:.1%} | "
+              f"{best_mfu:.1%} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"peaks": peaks, "results": results}, indent=2))
 

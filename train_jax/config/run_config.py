@@ -122,9 +122,9 @@ class TrainConfig:
     progress: bool = True
     time_budget_minutes: float | None = None  # stop (with a checkpoint) after this wall time
     peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
-    # `jaxtune train` re-executes itself with glibc's huge-page malloc tunable where THP is
-    # in madvise mode, so XLA:CPU step buffers fault in 2 MiB at a time (train/host_memory.py).
-    host_huge_pages: bool = True
+    # glibc policy for XLA:CPU's per-step host buffers: retain | huge_pages | system
+    # (train/host_memory.py); `jaxtune train` re-executes itself once to apply it.
+    host_allocator: Literal["retain", "huge_pages", "system"] = "retain"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):

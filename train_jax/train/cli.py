@@ -25,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
     raw = load_raw_run_config(args.config, args.overrides)
     cfg = run_config_from_dict(raw)
-    if cfg.train.host_huge_pages and getattr(args, "_whole_process", False):
-        from train_jax.train.host_memory import reexec_with_huge_page_malloc
+    if getattr(args, "_whole_process", False):
+        from train_jax.train.host_memory import reexec_with_allocator
 
-        reexec_with_huge_page_malloc()  # returns only when there is nothing to change
+        reexec_with_allocator(cfg.train.host_allocator)  # returns when nothing would change
     initialize(cfg.distributed)  # before anything touches a JAX backend
     from train_jax.train.stages import run_stages
 

@@ -1,20 +1,27 @@
-"""Back large host allocations with transparent huge pages, so step buffers fault in cheaply.
+"""How the training process's host memory allocator treats XLA:CPU's per-step buffers.
 
 XLA:CPU allocates each step's output and temporary buffers with `malloc` and frees them when
-the step ends. glibc serves large allocations with a fresh `mmap` and returns them with
-`munmap`, so every step the kernel faults the buffers in again, one 4 KiB page at a time: on
-SmolLM2-135M a bf16 step took ~580,000 page faults (2.3 GB), and an elementwise op writing a
-new 200 MB buffer ran 4-7x slower than the same op writing reused memory.
+the step ends. By default glibc serves large allocations with a fresh `mmap` and gives them
+back with `munmap`, so every step the kernel maps ~2 GB again (SmolLM2-135M, bf16, 8 x 128)
+and zero-fills every page on first touch: ~580,000 page faults per step, and an elementwise op
+writing a new 200 MB buffer ran 4-7x slower than the same op on reused memory.
 
-Where transparent huge pages are in `madvise` mode (the default of Debian and Ubuntu, among
-others), glibc's `glibc.malloc.hugetlb=1` tunable makes malloc advise huge pages for its
-mappings: the same step then takes ~1,300 faults of 2 MiB pages. Tunables are read when the
-process starts, so `jaxtune train` re-executes itself once with the tunable added to
-`GLIBC_TUNABLES` (docs/BENCHMARKS.md#training has the measured effect).
+`train.host_allocator` picks one of three policies, applied through glibc's tunables. Tunables
+are read when a process starts, so `jaxtune train` re-executes itself once with them added to
+`GLIBC_TUNABLES` (the user's own tunables win):
 
-Keeping freed memory in the process instead (one arena, no mmap, no trim) removed the faults
-altogether, but the heap fragmented around the step's 2 GB temporary buffer and grew by 2 GB
-every few steps; huge pages keep the resident size flat.
+- `retain` (default): one arena, no `mmap`, never trim. Freed memory stays in the process and
+  the next step reuses it: no page faults and no page zeroing after the first steps. The cost
+  is resident memory: it stays at its high-water mark, and heap fragmentation raises that
+  mark now and then (SmolLM2 bf16: 5.9 GB, after 60 steps 7.5 GB, against 4.6 GB with
+  `system`). Where transparent huge pages are in `madvise` mode, the heap also gets them.
+- `huge_pages`: only the huge-page tunable: the buffers still come and go every step, but are
+  faulted in 2 MiB at a time (~1,000 faults per step); the kernel still zeroes them, which
+  cost up to 1 s of system time on some steps.
+- `system`: glibc's defaults.
+
+docs/BENCHMARKS.md#training has the measured effect. On TPU and GPU only host-side buffers
+are concerned. Where the C library is not glibc, nothing is changed.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
+HOST_ALLOCATORS = ("retain", "huge_pages", "system")
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}
+_RETAIN = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
+           "glibc.malloc.trim_threshold": str(2**62)}
 
 
 def transparent_huge_page_mode(mode_file: Path = THP_MODE_FILE) -> str | None:
@@ -42,28 +52,41 @@ def transparent_huge_page_mode(mode_file: Path = THP_MODE_FILE) -> str | None:
     return selected[0] if selected else None
 
 
-def huge_page_environment(env: Mapping[str, str], libc: str, thp_mode: str | None
-                          ) -> dict[str, str] | None:
-    """`env` with glibc's huge-page malloc tunable added, or None when it would change nothing.
+def allocator_tunables(policy: str, thp_mode: str | None) -> dict[str, str]:
+    """The glibc tunables of a `train.host_allocator` policy on a kernel in `thp_mode`."""
+    if policy not in HOST_ALLOCATORS:
+        raise ValueError(f"unknown host allocator {policy!r}; one of {', '.join(HOST_ALLOCATORS)}")
+    # Huge pages only need asking for in madvise mode: "always" gives them anyway, and
+    # "never" refuses them.
+    huge_pages = _HUGE_PAGES if thp_mode == "madvise" and policy != "system" else {}
+    return {**(_RETAIN if policy == "retain" else {}), **huge_pages}
 
-    Nothing to do off glibc, when THP is not in `madvise` mode ("always" already backs large
-    mappings with huge pages, "never" forbids them; None: unknown), or when the user set the
-    tunable. `libc` is `platform.libc_ver()[0]`.
+
+def allocator_environment(env: Mapping[str, str], policy: str, libc: str,
+                          thp_mode: str | None) -> dict[str, str] | None:
+    """`env` with the policy's tunables added to GLIBC_TUNABLES; None when nothing changes.
+
+    Tunables already in GLIBC_TUNABLES are kept as they are. `libc` is
+    `platform.libc_ver()[0]`; off glibc there is nothing to add.
     """
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if libc != "glibc" or thp_mode != "madvise" or HUGETLB_TUNABLE + "=" in tunables:
+    wanted = allocator_tunables(policy, thp_mode) if libc == "glibc" else {}
+    current = env.get("GLIBC_TUNABLES", "")
+    present = {item.split("=", 1)[0] for item in current.split(":") if item}
+    missing = [f"{key}={value}" for key, value in wanted.items() if key not in present]
+    if not missing:
         return None
-    setting = f"{HUGETLB_TUNABLE}=1"
-    return {**env, "GLIBC_TUNABLES": f"{tunables}:{setting}" if tunables else setting}
+    return {**env, "GLIBC_TUNABLES": ":".join(([current] if current else []) + missing)}
 
 
-def reexec_with_huge_page_malloc() -> None:
-    """Replace this process by the same command with huge-page malloc, when that helps.
+def reexec_with_allocator(policy: str) -> None:
+    """Replace this process by the same command under the allocator policy, when that changes
+    anything; returns otherwise.
 
-    Only for a process that has done nothing yet but parse its arguments: everything it did
-    is lost, and the command line runs again from the start.
+    Only for a process that has done nothing yet but parse its arguments: the command line
+    runs again from the start.
     """
-    env = huge_page_environment(os.environ, platform.libc_ver()[0], transparent_huge_page_mode())
+    env = allocator_environment(os.environ, policy, platform.libc_ver()[0],
+                                transparent_huge_page_mode())
     if env is None:
         return
     logger.debug("re-executing with GLIBC_TUNABLES=%s", env["GLIBC_TUNABLES"])

@@ -1,5 +1,5 @@
-"""Huge-page malloc: when `jaxtune train` re-executes itself, and that the tunable it adds
-really cuts the page faults of a repeated XLA:CPU computation."""
+"""Host allocator policies: the tunables each adds, that `jaxtune train` re-executes itself
+once with them, and that they really cut the page faults of a repeated XLA:CPU step."""
 
 from __future__ import annotations
 
@@ -12,31 +12,38 @@ from pathlib import Path
 
 import pytest
 
+from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import load_raw_run_config, run_config_from_dict
-from train_jax.train.host_memory import (
-    huge_page_environment,
-    transparent_huge_page_mode,
-)
+from train_jax.train.host_memory import allocator_environment, transparent_huge_page_mode
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM = (platform.libc_ver()[0], transparent_huge_page_mode())
-NOT_APPLICABLE = huge_page_environment({}, *SYSTEM) is None
+NOT_GLIBC = SYSTEM[0] != "glibc"
 
 
-def test_the_tunable_is_added_only_where_it_changes_something():
-    env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-    added = huge_page_environment(env, libc="glibc", thp_mode="madvise")
-    assert added == {"PATH": "/bin",
-                     "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
-    assert huge_page_environment({}, libc="glibc", thp_mode="madvise") == {
+def test_each_policy_adds_its_tunables_and_keeps_the_users():
+    retain = allocator_environment({"PATH": "/bin"}, "retain", "glibc", "madvise")
+    assert retain["PATH"] == "/bin"
+    assert dict(item.split("=") for item in retain["GLIBC_TUNABLES"].split(":")) == {
+        "glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
+        "glibc.malloc.trim_threshold": str(2**62), "glibc.malloc.hugetlb": "1"}
+    # Already applied (the re-executed process): nothing to do, so no loop.
+    assert allocator_environment(retain, "retain", "glibc", "madvise") is None
+    # The user's own value of a tunable wins; the others are still added.
+    user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
+    added = allocator_environment(user, "retain", "glibc", "madvise")["GLIBC_TUNABLES"]
+    assert added.startswith("glibc.malloc.arena_max=4:") and added.count("arena_max") == 1
+    assert allocator_environment({}, "huge_pages", "glibc", "madvise") == {
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    # Already re-executed, or the user chose a value: no loop, no override.
-    assert huge_page_environment(added, libc="glibc", thp_mode="madvise") is None
-    assert huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, libc="glibc",
-                                 thp_mode="madvise") is None
+    # Huge pages are asked for only in madvise mode; "system" and non-glibc change nothing.
     for thp_mode in ("always", "never", None):
-        assert huge_page_environment(env, libc="glibc", thp_mode=thp_mode) is None
-    assert huge_page_environment(env, libc="", thp_mode="madvise") is None  # musl, macOS
+        assert allocator_environment({}, "huge_pages", "glibc", thp_mode) is None
+        assert "hugetlb" not in allocator_environment({}, "retain", "glibc", thp_mode)[
+            "GLIBC_TUNABLES"]
+    assert allocator_environment({}, "system", "glibc", "madvise") is None
+    assert allocator_environment({}, "retain", "", "madvise") is None  # musl, macOS
+    with pytest.raises(ValueError, match="retain, huge_pages, system"):
+        allocator_environment({}, "jemalloc", "glibc", "madvise")
 
 
 def test_thp_mode_is_read_from_the_bracketed_word(tmp_path):
@@ -46,11 +53,13 @@ def test_thp_mode_is_read_from_the_bracketed_word(tmp_path):
     assert transparent_huge_page_mode(tmp_path / "missing") is None
 
 
-def test_train_config_turns_it_on_by_default():
+def test_train_config_retains_by_default_and_rejects_unknown_policies():
     tiny = REPO / "configs" / "train" / "tiny.yaml"
-    assert run_config_from_dict(load_raw_run_config(tiny, [])).train.host_huge_pages is True
-    off = run_config_from_dict(load_raw_run_config(tiny, ["train.host_huge_pages=false"]))
-    assert off.train.host_huge_pages is False
+    assert run_config_from_dict(load_raw_run_config(tiny, [])).train.host_allocator == "retain"
+    system = run_config_from_dict(load_raw_run_config(tiny, ["train.host_allocator=system"]))
+    assert system.train.host_allocator == "system"
+    with pytest.raises(ConfigError, match="host_allocator"):
+        run_config_from_dict(load_raw_run_config(tiny, ["train.host_allocator=tcmalloc"]))
 
 
 # Prints the page faults of the third run of a step whose output is 64 MiB.
@@ -78,17 +87,27 @@ def _probe_faults(env: dict[str, str]) -> int:
     return result["faults"]
 
 
-@pytest.mark.skipif(NOT_APPLICABLE, reason="not glibc with transparent huge pages in madvise mode")
-def test_huge_page_malloc_cuts_the_page_faults_of_a_repeated_step():
+@pytest.mark.skipif(NOT_GLIBC, reason="glibc tunables only")
+def test_retained_memory_is_not_page_faulted_again():
     base = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     default = _probe_faults(base)
-    with_huge_pages = _probe_faults(huge_page_environment(base, *SYSTEM))
+    retained = _probe_faults(allocator_environment(base, "retain", *SYSTEM))
+    if default < 16384 // 4:
+        pytest.skip(f"the default allocator took only {default} faults for 64 MiB here")
+    assert retained * 20 < default, (retained, default)
+
+
+@pytest.mark.skipif(SYSTEM != ("glibc", "madvise"), reason="THP not in madvise mode")
+def test_huge_pages_cut_the_page_faults_of_a_repeated_step():
+    base = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    default = _probe_faults(base)
+    with_huge_pages = _probe_faults(allocator_environment(base, "huge_pages", *SYSTEM))
     assert default >= 16384  # 64 MiB of fresh 4 KiB pages
     assert with_huge_pages * 20 < default, (with_huge_pages, default)
 
 
-@pytest.mark.skipif(NOT_APPLICABLE, reason="not glibc with transparent huge pages in madvise mode")
-def test_jaxtune_train_re_executes_itself_once_with_the_tunable(tmp_path):
+@pytest.mark.skipif(NOT_GLIBC, reason="glibc tunables only")
+def test_jaxtune_train_re_executes_itself_once_with_the_tunables(tmp_path):
     # Training itself is replaced by a print of the environment it would run in.
     env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     code = ("import os, sys\n"
@@ -106,4 +125,5 @@ def test_jaxtune_train_re_executes_itself_once_with_the_tunable(tmp_path):
                            f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True,
                           check=False, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("TUNABLES=glibc.malloc.hugetlb=1") == 1, proc.stdout
+    expected = allocator_environment({}, "retain", *SYSTEM)["GLIBC_TUNABLES"]
+    assert proc.stdout.count(f"TUNABLES={expected}\n") == 1, proc.stdout
