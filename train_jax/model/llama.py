@@ -20,6 +20,7 @@ from train_jax.model.attention import grouped_query_attention
 from train_jax.model.config import LoraSpec, ModelConfig
 from train_jax.model.dense import dense, dense_transposed
 from train_jax.model.head_loss import head_cross_entropy
+from train_jax.model.norm import rms_norm
 
 
 class LoraParam(nnx.Param):
@@ -79,9 +80,7 @@ class RMSNorm(nnx.Module):
         self.scale = _param(jnp.ones((cfg.hidden_size,), cfg.param_dtype), (axes.NORM,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
 
 
 class Linear(nnx.Module):
