@@ -2,9 +2,10 @@
 shardings; the train state is donated.
 
 Batches are dicts of (micro_batches, rows, length) arrays. The loss is the mean token
-cross-entropy over all trained tokens of the whole batch: gradients of per-micro-batch sums
-are accumulated and divided by the total token count once, so accumulation over micro-batches
-is exactly a large batch.
+cross-entropy over all trained tokens of the whole batch: each micro-batch differentiates its
+sum of token losses divided by the whole batch's token count (known from the loss mask before
+any gradient), and the gradients are summed, so accumulation over micro-batches is exactly a
+large batch.
 """
 
 from __future__ import annotations
@@ -75,30 +76,36 @@ def build_steps(parts: ModelParts, tx: optax.GradientTransformation, schedule: o
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grad_fn = jax.value_and_grad(
-            lambda p, mb, i: _loss_sums(parts, mesh, p, state["frozen"], mb, i, True),
-            has_aux=True)
+        # The token count is data, known before any gradient: dividing each pass's loss by the
+        # whole batch's count gives gradients that need no separate division pass afterwards.
+        count = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+        denom = jnp.maximum(count, 1.0)
+
+        def mean_loss(p: PureTree, mb: Batch, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+            loss_sum, _ = _loss_sums(parts, mesh, p, state["frozen"], mb, index, True)
+            return loss_sum / denom, loss_sum
+
+        grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
         first_rng = state["step"] * micro_batches
 
-        def one(mb: Batch, index: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-            (loss_sum, count), grads = grad_fn(state["trainable"], mb, index)
-            return grads, loss_sum, count
+        def one(mb: Batch, index: jax.Array) -> tuple[Any, jax.Array]:
+            (_, loss_sum), grads = grad_fn(state["trainable"], mb, index)
+            return grads, loss_sum
 
         if micro_batches == 1:
-            grads, loss_sum, count = one(jax.tree.map(lambda x: x[0], batch), first_rng)
+            grads, loss_sum = one(jax.tree.map(lambda x: x[0], batch), first_rng)
         else:
             def accumulate(carry: Any, xs: tuple[Batch, jax.Array]) -> tuple[Any, None]:
-                acc, total, tokens = carry
-                g, s, n = one(*xs)
+                acc, total = carry
+                g, s = one(*xs)
                 acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
-                return (acc, total + s, tokens + n), None
+                return (acc, total + s), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["trainable"])
             indices = first_rng + jnp.arange(micro_batches)
-            (grads, loss_sum, count), _ = jax.lax.scan(
-                accumulate, (zeros, jnp.float32(0), jnp.float32(0)), (batch, indices))
-        denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["trainable"])
+            (grads, loss_sum), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0)),
+                                                (batch, indices))
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["trainable"])
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
         new_state = {"step": state["step"] + 1,
