@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from train_jax.model.llama import LlamaForCausalLM, apply_rope, rope_cos_sin, rope_inv_freq
+from train_jax.model.llama import LlamaForCausalLM
+from train_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
 def generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,

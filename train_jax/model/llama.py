@@ -21,6 +21,7 @@ from train_jax.model.config import LoraSpec, ModelConfig
 from train_jax.model.dense import dense, dense_transposed
 from train_jax.model.head_loss import head_cross_entropy
 from train_jax.model.norm import rms_norm
+from train_jax.model.rope import rope_cos_sin, rope_inv_freq
 
 
 class LoraParam(nnx.Param):
@@ -30,43 +31,6 @@ class LoraParam(nnx.Param):
 def _param(value: jax.Array, logical_axes: axes.LogicalAxes, kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
     # Logical names are plain metadata: train_jax.sharding maps them to mesh axes.
     return kind(value, logical_axes=logical_axes)
-
-
-# --- RoPE -----------------------------------------------------------------------------------
-
-def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
-    """Inverse frequencies (H/2,), with llama3 or linear scaling applied as transformers does."""
-    dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    scaling = cfg.rope_scaling_dict
-    rope_type = scaling.get("rope_type", "default")
-    if rope_type == "linear":
-        inv_freq = inv_freq / scaling["factor"]
-    elif rope_type == "llama3":
-        factor = scaling["factor"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        inv_freq = jnp.where(is_medium, smoothed, scaled)
-    return inv_freq
-
-
-def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin tables (B, T, 1, H) for the given positions, in float32."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, H/2)
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate (B, T, heads, H) by the "rotate half" convention of HF Llama."""
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)).astype(x.dtype)
 
 
 # --- Layers ---------------------------------------------------------------------------------
@@ -143,10 +107,10 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)  # (B, T, N, H)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)  # (B, T, K, H)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        q = axes.constrain(apply_rope(q, cos, sin), axes.ACT_BTNH)
-        k = axes.constrain(apply_rope(k, cos, sin), axes.ACT_BTKH)
+        q = axes.constrain(q, axes.ACT_BTNH)
+        k = axes.constrain(k, axes.ACT_BTKH)
         v = axes.constrain(v, axes.ACT_BTKH)
-        out = grouped_query_attention(q, k, v, mask)  # (B, T, N, H)
+        out = grouped_query_attention(q, k, v, mask, rope=(cos, sin))  # (B, T, N, H)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from train_jax.model.attention import grouped_query_attention
 from train_jax.model.llama import attention_mask
+from train_jax.model.rope import apply_rope, rope_cos_sin
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -44,3 +45,28 @@ def test_a_key_outside_the_segment_gets_no_gradient():
     d_k, d_v = vjp(cotangent)
     assert not np.any(np.asarray(d_k[:, 2:])) and not np.any(np.asarray(d_v[:, 2:]))
     assert np.any(np.asarray(d_v[:, :2]))
+
+
+def test_rope_inside_equals_rope_applied_to_q_and_k_first():
+    keys = jax.random.split(jax.random.key(3), 4)
+    b, t, n, kv, h = 2, 5, 6, 3, 8
+    q = jax.random.normal(keys[0], (b, t, n, h))
+    k = jax.random.normal(keys[1], (b, t, kv, h))
+    v = jax.random.normal(keys[2], (b, t, kv, h))
+    positions = jnp.array([[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]])
+    cos, sin = rope_cos_sin(positions, 1.0 / (10000.0 ** (jnp.arange(0, h, 2) / h)))
+    mask = attention_mask(jnp.array([[1, 1, 1, 2, 2], [1] * 5]), b, t)
+
+    def inside(q, k, v):
+        return grouped_query_attention(q, k, v, mask, rope=(cos, sin))
+
+    def first(q, k, v):
+        return jax.nn.dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+                                            mask=mask)
+
+    cotangent = jax.random.normal(keys[3], (b, t, n, h))
+    got, vjp_got = jax.vjp(inside, q, k, v)
+    want, vjp_want = jax.vjp(first, q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(vjp_got(cotangent), vjp_want(cotangent), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
