@@ -26,6 +26,7 @@ from train_jax.sharding.mesh import build_mesh
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, prepare_sources, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
+from train_jax.train.host_memory import HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.model_init import load_initial_model
 from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
@@ -210,6 +211,7 @@ class _Loop:
         bar = _progress(cfg.progress and jax.process_index() == 0, step, total)
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
+        heap = HeapTrimmer(cfg.host_allocator == "retain")
         while step < total and stop.signum is None:
             if time.perf_counter() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
@@ -219,6 +221,7 @@ class _Loop:
             window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))
             batch = put_batch(host_batch, self.shardings, self.train_shape)
             state, step_metrics = self.steps.train_step(state, batch)
+            heap.after_step()
             step += 1
             window_steps += 1
             values: dict[str, Any] = {}

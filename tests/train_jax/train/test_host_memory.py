@@ -14,7 +14,11 @@ import pytest
 
 from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import load_raw_run_config, run_config_from_dict
-from train_jax.train.host_memory import allocator_environment, transparent_huge_page_mode
+from train_jax.train.host_memory import (
+    HeapTrimmer,
+    allocator_environment,
+    transparent_huge_page_mode,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM = (platform.libc_ver()[0], transparent_huge_page_mode())
@@ -127,3 +131,17 @@ def test_jaxtune_train_re_executes_itself_once_with_the_tunables(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = allocator_environment({}, "retain", *SYSTEM)["GLIBC_TUNABLES"]
     assert proc.stdout.count(f"TUNABLES={expected}\n") == 1, proc.stdout
+
+
+def test_heap_trimmer_trims_only_past_its_factor_of_the_warm_size():
+    sizes = iter([4, 5, 6, 6.5, 7.4, 7.6, 6.0, 7.6])
+    trims = []
+    trimmer = HeapTrimmer(True, factor=1.25, warmup=3, read_rss=lambda: next(sizes),
+                          trim=lambda: trims.append(1))
+    done = [trimmer.after_step() for _ in range(8)]
+    if not trimmer.enabled:
+        pytest.skip("glibc only")
+    # Warm size: 6 (the third step); the bound is 7.5.
+    assert done == [False, False, False, False, False, True, False, True]
+    assert trimmer.trims == len(trims) == 2
+    assert not HeapTrimmer(False, read_rss=lambda: 1 / 0, trim=lambda: 1 / 0).after_step()
