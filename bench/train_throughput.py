@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -208,7 +206,7 @@ def main() -> None:
     from train_jax.convert.hf_import import load_hf_config
     from train_jax.model.config import ModelConfig
     from train_jax.train.flops import train_flops_per_token
-    from train_jax.train.host_memory import allocator_environment, transparent_huge_page_mode
+    from train_jax.train.host_memory import environment_for
 
     cfg = ModelConfig.from_hf_config(load_hf_config(args.model))
     flops_per_token = train_flops_per_token(cfg, args.length)
@@ -217,8 +215,7 @@ def main() -> None:
     rows: dict[tuple[str, str], dict] = {}
     peaks: dict[str, float] = {}
     policy = TrainConfig().host_allocator  # what `jaxtune train` runs with by default
-    tuned_env = allocator_environment(os.environ, policy, platform.libc_ver()[0],
-                                      transparent_huge_page_mode())
+    tuned_env = environment_for(policy)
     names = [name for name in CONTENDERS if name != "pytorch_tuned" or tuned_env is not None]
     print(f"host allocator {policy}: " + (f"GLIBC_TUNABLES={tuned_env['GLIBC_TUNABLES']}"
                                           if tuned_env else "nothing to change here"), flush=True)

@@ -25,6 +25,7 @@ from train_jax.config.loading import (
 from train_jax.data.config import DataConfig
 from train_jax.distributed import DistributedConfig
 from train_jax.model.config import LoraSpec
+from train_jax.train.host_memory import HostAllocator
 
 DType = Literal["float32", "bfloat16"]
 
@@ -124,7 +125,7 @@ class TrainConfig:
     peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
     # glibc policy for XLA:CPU's per-step host buffers: retain | huge_pages | system
     # (train/host_memory.py); `jaxtune train` re-executes itself once to apply it.
-    host_allocator: Literal["retain", "huge_pages", "system"] = "retain"
+    host_allocator: HostAllocator = "retain"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):

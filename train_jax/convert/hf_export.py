@@ -175,9 +175,10 @@ def _hf_arrays(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckp
                 slot = free.get()
                 if slot is None:  # the caller stopped early
                     return
-                out = ring[slot][:math.prod(weight.shape) * target.itemsize].view(target)
-                _to_hf_layout(source, weight, out.reshape(weight.shape))
-                ready.put((slot, out.reshape(weight.shape)))
+                nbytes = math.prod(weight.shape) * target.itemsize
+                out = ring[slot][:nbytes].view(target).reshape(weight.shape)
+                _to_hf_layout(source, weight, out)
+                ready.put((slot, out))
             ready.put(None)
         except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
             ready.put(exc)

@@ -24,12 +24,15 @@ import jax.numpy as jnp
 from train_jax.model.rope import apply_rope
 
 
-def _split_heads(q: jax.Array, k: jax.Array, v: jax.Array
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _query_groups(q: jax.Array, kv_heads: int) -> jax.Array:
+    """(B, T, N, H) -> (B, K, G, T, H): the N query heads as K groups of G = N / K."""
     b, t, n, h = q.shape
-    kv = k.shape[2]
-    groups = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
-    return groups, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # keys, values (B, K, S, H)
+    return q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+    """(B, S, K, H) <-> (B, K, S, H) (the permutation is its own inverse)."""
+    return x.transpose(0, 2, 1, 3)
 
 
 def _merge_heads(x: jax.Array) -> jax.Array:
@@ -47,23 +50,22 @@ def grouped_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.
     (B, T, N, H) in q's dtype.
     """
     if rope is None:
-        groups, keys, values = _split_heads(q, k, v)
+        groups, keys = _query_groups(q, k.shape[2]), _heads_first(k)
     else:
         groups, keys = _rotate_and_split(q, k, *rope)
-        values = v.transpose(0, 2, 1, 3)
-    return _merge_heads(_attend(groups, keys, values, mask))
+    return _merge_heads(_attend(groups, keys, _heads_first(v), mask))
 
 
 @jax.custom_vjp
 def _rotate_and_split(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array
                       ) -> tuple[jax.Array, jax.Array]:
-    """RoPE on q and k, which are returned in the split-head layouts of `_split_heads`.
+    """RoPE on q and k, returned as (B, K, G, T, H) query groups and (B, K, S, H) keys.
 
     The rotation is applied after the transposes and its gradient before them: XLA:CPU fuses
     an elementwise op that feeds a transpose into one kernel writing in transposed order, which
     took 1.1 ms for SmolLM2's q against 0.17 ms for the transpose followed by the rotation.
     """
-    groups, keys, _ = _split_heads(q, k, k)
+    groups, keys = _query_groups(q, k.shape[2]), _heads_first(k)
     cos_t, sin_t = cos.transpose(0, 2, 1, 3), sin.transpose(0, 2, 1, 3)  # (B, 1, T, H)
     return (apply_rope(groups, cos_t[:, :, None], sin_t[:, :, None]),
             apply_rope(keys, cos_t, sin_t))
@@ -82,7 +84,7 @@ def _rotate_and_split_backward(residuals: tuple[jax.Array, ...],
     # The rotation is orthogonal: its transpose rotates by -angle (rope tables repeat each
     # frequency in both halves of H, so sin(-a) = -sin(a) halves line up).
     d_q = apply_rope(_merge_heads(d_groups), cos, -sin)
-    d_k = apply_rope(d_keys.transpose(0, 2, 1, 3), cos, -sin)
+    d_k = apply_rope(_heads_first(d_keys), cos, -sin)
     return d_q, d_k, None, None
 
 
@@ -100,9 +102,7 @@ def _probabilities(groups: jax.Array, keys: jax.Array, mask: jax.Array) -> jax.A
 @jax.custom_vjp
 def _attend(groups: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
     """(B, K, G, T, H) attention output of query groups over keys and values (B, K, S, H)."""
-    probs = _probabilities(groups, keys, mask).astype(groups.dtype)
-    out = jnp.einsum("bkgts,bksh->bkgth", probs, values, preferred_element_type=jnp.float32)
-    return out.astype(groups.dtype)
+    return _forward(groups, keys, values, mask)[0]
 
 
 def _forward(groups: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array
@@ -112,12 +112,11 @@ def _forward(groups: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Ar
     return out.astype(groups.dtype), (groups, keys, values, probs)
 
 
-def _backward(residuals: tuple[jax.Array, ...], d_out: jax.Array
+def _backward(residuals: tuple[jax.Array, ...], d_o: jax.Array
               ) -> tuple[jax.Array, jax.Array, jax.Array, None]:
-    groups, keys, values, probs = residuals
+    groups, keys, values, probs = residuals  # d_o: (B, K, G, T, H), like groups
     h = groups.shape[-1]
     dtype = groups.dtype
-    d_o = d_out  # (B, K, G, T, H)
     d_probs = jnp.einsum("bkgth,bksh->bkgts", d_o, values, preferred_element_type=jnp.float32)
     p32 = probs.astype(jnp.float32)
     # Softmax backward; masked positions have p = 0 and so get no gradient.

@@ -27,8 +27,7 @@ def _normalise(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """`scale * x / rms(x)` in x's dtype; rms over the last axis, in float32."""
-    normed, _ = _normalise(x, eps)
-    return scale.astype(x.dtype) * normed.astype(x.dtype)
+    return _forward(x, scale, eps)[0]
 
 
 def _forward(x: jax.Array, scale: jax.Array, eps: float

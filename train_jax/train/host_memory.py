@@ -36,10 +36,12 @@ import platform
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 logger = logging.getLogger(__name__)
 
-HOST_ALLOCATORS = ("retain", "huge_pages", "system")
+HostAllocator = Literal["retain", "huge_pages", "system"]  # the `train.host_allocator` type
+HOST_ALLOCATORS: tuple[str, ...] = get_args(HostAllocator)
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}
 _RETAIN = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
@@ -82,6 +84,12 @@ def allocator_environment(env: Mapping[str, str], policy: str, libc: str,
     return {**env, "GLIBC_TUNABLES": ":".join(([current] if current else []) + missing)}
 
 
+def environment_for(policy: str, env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """`allocator_environment` of `env` (default: this process's) on this machine."""
+    return allocator_environment(os.environ if env is None else env, policy,
+                                 platform.libc_ver()[0], transparent_huge_page_mode())
+
+
 def reexec_with_allocator(policy: str) -> None:
     """Replace this process by the same command under the allocator policy, when that changes
     anything; returns otherwise.
@@ -89,8 +97,7 @@ def reexec_with_allocator(policy: str) -> None:
     Only for a process that has done nothing yet but parse its arguments: the command line
     runs again from the start.
     """
-    env = allocator_environment(os.environ, policy, platform.libc_ver()[0],
-                                transparent_huge_page_mode())
+    env = environment_for(policy)
     if env is None:
         return
     logger.debug("re-executing with GLIBC_TUNABLES=%s", env["GLIBC_TUNABLES"])
