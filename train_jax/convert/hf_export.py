@@ -4,8 +4,8 @@ Writes `config.json`, `model.safetensors` (or shards plus `model.safetensors.ind
 `max_shard_bytes`), `generation_config.json` and the tokenizer / chat-template files kept in the
 checkpoint's `hf_assets/`. LoRA adapters are merged into their kernels (W += alpha/r * A @ B)
 and/or written as a PEFT adapter folder. Tensors are converted and written one at a time: an
-export from a checkpoint reads each array just before writing it, so it never holds the whole
-model in memory (`write_safetensors`).
+export from a checkpoint reads each array (or maps it, when stored raw) just before writing
+it, so it never holds the whole model in memory (`write_safetensors`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from train_jax.convert import names
 from train_jax.convert.dtypes import DTYPE_ALIASES, canonical_dtype, numpy_dtype
 from train_jax.convert.errors import ConversionError, ShapeMismatchError
 from train_jax.convert.hf_import import SAFETENSORS_FILE, SAFETENSORS_INDEX
-from train_jax.convert.safetensors_stream import file_order, write_streaming
+from train_jax.convert.safetensors_stream import file_order, write_pieces
 from train_jax.model.config import LoraSpec, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,9 @@ def write_safetensors(weights: Sequence[HFWeight], arrays: Mapping[names.Path, A
 
     `arrays` maps each weight's path to its Flax-layout array, or is a checkpoint's
     `StoredArrays` (each array is then read just before it is written). Tensors are converted
-    to `dtype` and HF layout one at a time and streamed to disk (`safetensors_stream`); the
-    files are byte-identical to `safetensors.numpy.save_file` of the converted tensors.
+    to `dtype` and HF layout one at a time and written as they are ready
+    (`safetensors_stream.write_pieces`); the files are byte-identical to
+    `safetensors.numpy.save_file` of the converted tensors.
     """
     target = numpy_dtype(dtype)
     shards: list[dict[str, HFWeight]] = [{}]
@@ -137,13 +138,13 @@ def write_safetensors(weights: Sequence[HFWeight], arrays: Mapping[names.Path, A
         shards[-1][weight.name] = weight
         sizes[-1] += nbytes
     specs = [{name: (w.shape, target) for name, w in shard.items()} for shard in shards]
-    order = [shard[name] for shard, spec in zip(shards, specs, strict=True) for name in file_order(spec)]
     metadata = {"format": "pt"}  # transformers refuses safetensors without it
     files = ([SAFETENSORS_FILE] if len(shards) == 1 else
              [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
-    with closing(_hf_arrays(order, arrays, target)) as tensors:
-        for file, spec in zip(files, specs, strict=True):
-            write_streaming(out_dir / file, spec, tensors, metadata)
+    for file, shard, spec in zip(files, shards, specs, strict=True):
+        order = [shard[name] for name in file_order(spec)]
+        with closing(_hf_pieces(order, arrays, target)) as pieces:
+            write_pieces(out_dir / file, spec, pieces, metadata)
     if len(shards) == 1:
         return files
     weight_map = {name: file for file, spec in zip(files, specs, strict=True) for name in spec}
@@ -152,33 +153,45 @@ def write_safetensors(weights: Sequence[HFWeight], arrays: Mapping[names.Path, A
     return files
 
 
-def _hf_arrays(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckpt.StoredArrays,
-               target: np.dtype, depth: int = 2) -> Iterator[np.ndarray]:
-    # Each weight in HF layout and `target` dtype, in `order`, valid until the next is requested.
+def _hf_pieces(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckpt.StoredArrays,
+               target: np.dtype, depth: int = 2) -> Iterator[tuple[str, int, np.ndarray]]:
+    # (HF name, byte offset, bytes) pieces of every weight of `order` in HF layout and `target`
+    # dtype, for `write_pieces`; each valid until the next is requested.
+    #
     # A worker thread reads (`_read_ahead`), casts and transposes up to `depth` weights ahead
-    # into reused buffers while the caller writes the current one: numpy's copies and the
-    # write() calls release the GIL, so on two cores the conversion hides behind the write.
-    # Reused buffers also stay mapped: fresh arrays cost ~30% more in first-touch page faults.
+    # into reused buffers while the caller writes: numpy's copies and the write() calls release
+    # the GIL, so on two cores the conversion overlaps the writes. (Two converting threads are
+    # slower here: the transposes then compete with each other and with the write for the same
+    # memory bandwidth.) Reused buffers also stay mapped: fresh arrays cost ~30% more in
+    # first-touch page faults. A weight already in HF layout and dtype whose source outlives
+    # the export (an array in memory, a memory-mapped stored array) needs no conversion: it is
+    # written from its source, a slice at a time whenever no converted weight is ready, so the
+    # writer never idles while the worker transposes.
     stored = isinstance(arrays, ckpt.StoredArrays)
     sources = (_read_ahead(order, arrays) if stored else
-               (np.ascontiguousarray(arrays[weight.path]) for weight in order))
-    largest = max((math.prod(w.shape) * target.itemsize for w in order), default=0)
+               ((np.ascontiguousarray(arrays[weight.path]), True) for weight in order))
+    largest = max((math.prod(w.shape) * target.itemsize for w in order if w.transposed), default=0)
     ring = [np.empty(largest, np.uint8) for _ in range(depth + 1)]
     free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    ready: queue.SimpleQueue[tuple[int, np.ndarray] | Exception | None] = queue.SimpleQueue()
+    ready: queue.SimpleQueue[tuple[int | None, str, np.ndarray] | Exception | None] = queue.SimpleQueue()
     for slot in range(len(ring)):
         free.put(slot)
 
     def convert() -> None:
         try:
-            for weight, source in zip(order, sources, strict=True):
+            for weight, (source, lasting) in zip(order, sources, strict=True):
+                if lasting and not weight.transposed and source.dtype == target:
+                    ready.put((None, weight.name, source))
+                    continue
                 slot = free.get()
                 if slot is None:  # the caller stopped early
                     return
                 nbytes = math.prod(weight.shape) * target.itemsize
+                if nbytes > ring[slot].nbytes:  # an untransposed cast: rare, and larger than the ring
+                    ring[slot] = np.empty(nbytes, np.uint8)
                 out = ring[slot][:nbytes].view(target).reshape(weight.shape)
                 _to_hf_layout(source, weight, out)
-                ready.put((slot, out))
+                ready.put((slot, weight.name, out))
             ready.put(None)
         except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
             ready.put(exc)
@@ -188,28 +201,59 @@ def _hf_arrays(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckp
 
     worker = threading.Thread(target=convert, name="hf-export-convert", daemon=True)
     worker.start()
+    unconverted: deque[tuple[str, np.ndarray, int]] = deque()  # (name, flat array, next element)
     try:
-        previous = None
-        while (item := ready.get()) is not None:
+        while True:
+            try:
+                item = ready.get_nowait()
+            except queue.Empty:
+                if unconverted:
+                    yield _next_slice(unconverted)
+                    continue
+                item = ready.get()
             if isinstance(item, Exception):
                 raise item
-            if previous is not None:
-                free.put(previous)  # the caller is done with the previous weight
-            previous, out = item
-            yield out
+            if item is None:
+                break
+            slot, name, out = item
+            if slot is None:
+                unconverted.append((name, out.reshape(-1), 0))
+                continue
+            yield name, 0, out
+            free.put(slot)  # the caller has written it
+        while unconverted:
+            yield _next_slice(unconverted)
     finally:
         free.put(None)
         worker.join()
 
 
-def _read_ahead(order: Sequence[HFWeight], stored: ckpt.StoredArrays, depth: int = 2) -> Iterator[np.ndarray]:
-    # The stored arrays in `order`, each read into one of depth + 1 reused buffers while up to
-    # `depth` later ones are being read on tensorstore's threads; valid until the next is requested.
+_SLICE_BYTES = 1 << 20  # ~0.2 ms of writing: the writer looks for converted weights this often
+
+
+def _next_slice(unconverted: deque[tuple[str, np.ndarray, int]]) -> tuple[str, int, np.ndarray]:
+    # The next slice (name, byte offset, elements) of the first weight in `unconverted`, a flat
+    # array and the index of its first element not handed out yet; dropped once all are.
+    name, flat, start = unconverted.popleft()
+    stop = start + max(1, _SLICE_BYTES // flat.itemsize)
+    if stop < flat.size:
+        unconverted.appendleft((name, flat, stop))
+    return name, start * flat.itemsize, flat[start:stop]
+
+
+def _read_ahead(order: Sequence[HFWeight], stored: ckpt.StoredArrays,
+                depth: int = 2) -> Iterator[tuple[np.ndarray, bool]]:
+    # (array, lasting) for the stored arrays in `order`. A memory-mapped one is its view, which
+    # lasts; the others are read into one of depth + 1 reused buffers while up to `depth` later
+    # ones are being read on tensorstore's threads, valid until the next is requested.
     sizes = [stored.nbytes(weight.path) for weight in order]
     slots = [np.empty(max(sizes, default=0), np.uint8) for _ in range(depth + 1)]
 
     def start(i: int) -> tuple[np.ndarray, Any]:
         path = order[i].path
+        view = stored.view(path)
+        if view is not None:
+            return view, None
         out = slots[i % len(slots)][:sizes[i]].view(stored.dtypes[path]).reshape(stored.shapes[path])
         return out, stored.read_into(path, out)
 
@@ -219,11 +263,13 @@ def _read_ahead(order: Sequence[HFWeight], stored: ckpt.StoredArrays, depth: int
             out, read = pending.popleft()
             if i + depth < len(order):  # into the slot of array i - 1, which the caller is done with
                 pending.append(start(i + depth))
-            read.result()
-            yield out
+            if read is not None:
+                read.result()
+            yield out, read is None
     finally:  # never leave a read running into a buffer about to be freed
         for _, read in pending:
-            read.exception()
+            if read is not None:
+                read.exception()
 
 
 def _to_hf_layout(array: np.ndarray, weight: HFWeight, out: np.ndarray) -> None:

@@ -55,11 +55,15 @@ def test_round_trip_is_bit_exact_and_config_round_trips(dtype, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_export_file_is_what_save_file_writes(dtype, tmp_path):
-    # The export streams tensors (read, cast, transposed one at a time); the file must be the
-    # one save_file writes from the whole converted model (here fp32 -> bf16 casts as well).
+@pytest.mark.parametrize("slice_bytes", [None, 96])
+def test_export_file_is_what_save_file_writes(dtype, slice_bytes, tmp_path, monkeypatch):
+    # The export streams tensors (read, cast, transposed one at a time; weights needing no
+    # conversion written in slices between the others); the file must be the one save_file
+    # writes from the whole converted model (here fp32 -> bf16 casts as well).
     from safetensors.numpy import save_file
 
+    if slice_bytes is not None:  # many slices, interleaved with the converted weights
+        monkeypatch.setattr(hf_export, "_SLICE_BYTES", slice_bytes)
     out = _import_export(build_tiny_hf_model(tmp_path / "src", dtype="float32"), tmp_path, dtype=dtype)
     reference = {}
     for path, value in names.flatten(ckpt.restore_params(tmp_path / "ckpt")).items():
