@@ -4,8 +4,8 @@ Same model (an HF folder, e.g. SmolLM2-135M-Instruct), same batch (rows x length
 fine-tuning with AdamW, fp32 and bf16 compute (JAX: bf16 matmuls on fp32 master weights;
 PyTorch: `torch.autocast(bfloat16)`), on random-token batches and on packed ViGGO batches.
 Reports tokens/s, the ratio jaxtune / PyTorch, and MFU = model FLOPs / measured matmul peak
-of the dtype (the better of JAX's and PyTorch's 2048^3 matmul, measured right before each
-framework's timed phase). jaxtune runs under the glibc tunables of its default
+of the dtype (the better of JAX's and PyTorch's 2048^3 matmul, measured in a separate process
+right before each framework's timed phase; a timed phase imports only its own framework). jaxtune runs under the glibc tunables of its default
 `train.host_allocator`, as `jaxtune train` does; PyTorch runs without them (as a plain loop
 would) and with them, and the ratio is also given against the faster of the two.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", default="random,viggo", help="random and/or viggo")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: one phase
+    parser.add_argument("--batches-file", default=None, help=argparse.SUPPRESS)  # internal: .npz
     return parser.parse_args()
 
 
@@ -52,16 +54,27 @@ CONTENDERS = {"jaxtune": ("time_jaxtune", True), "pytorch": ("time_torch", False
 
 
 def run_phase(args: argparse.Namespace) -> None:
-    """One (framework, dtype) phase in this process; prints a JSON line for the parent."""
-    from train_jax.train.flops import measure_matmul_peak
+    """One phase in this process; prints a JSON line for the parent.
 
+    `peak:<dtype>` measures JAX's and PyTorch's matmul peaks; `<contender>:<dtype>` times one
+    framework's steps and imports nothing of the other one.
+    """
     name, dtype = args.phase.split(":")
-    batches = load_batches(args)
-    # The machine is shared: measure the peak right before the phase, under the same load.
-    jax_peak, torch_peak = measure_matmul_peak(dtype), torch_matmul_peak(dtype)
+    if name == "peak":
+        from train_jax.train.flops import measure_matmul_peak
+
+        peaks = {"jax_peak": measure_matmul_peak(dtype), "torch_peak": torch_matmul_peak(dtype)}
+        print("PHASE " + json.dumps(peaks), flush=True)
+        return
+    # Batches come from the parent: preparing ViGGO here would import transformers, and with
+    # it torch, into the JAX process.
+    with np.load(args.batches_file) as stored:
+        batches: dict[str, dict[str, np.ndarray]] = {}
+        for key in stored.files:
+            kind, field = key.split("/")
+            batches.setdefault(kind, {})[field] = stored[key]
     times = globals()[CONTENDERS[name][0]](args.model, batches, dtype, args.steps, args.warmup)
-    print("PHASE " + json.dumps({"jax_peak": jax_peak, "torch_peak": torch_peak,
-                                 "times": times}), flush=True)
+    print("PHASE " + json.dumps({"times": times}), flush=True)
 
 
 def load_batches(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
@@ -197,6 +210,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _run_phase(args: argparse.Namespace, phase: str, env: dict[str, str] | None,
+               batches_file: Path) -> dict:
+    argv = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--phase", phase, "--batches-file", str(batches_file)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PHASE "))[6:])
+
+
 def main() -> None:
     args = parse_args()
     if args.phase:
@@ -212,6 +235,9 @@ def main() -> None:
     flops_per_token = train_flops_per_token(cfg, args.length)
     dtypes = [d for d in args.dtypes.split(",") if d]
     batches = load_batches(args)
+    batches_file = Path(tempfile.mkdtemp(prefix="jaxtune-bench-")) / "batches.npz"
+    np.savez(batches_file, **{f"{kind}/{field}": array for kind, batch in batches.items()
+                              for field, array in batch.items()})
     rows: dict[tuple[str, str], dict] = {}
     peaks: dict[str, float] = {}
     policy = TrainConfig().host_allocator  # what `jaxtune train` runs with by default
@@ -219,34 +245,34 @@ def main() -> None:
     names = [name for name in CONTENDERS if name != "pytorch_tuned" or tuned_env is not None]
     print(f"host allocator {policy}: " + (f"GLIBC_TUNABLES={tuned_env['GLIBC_TUNABLES']}"
                                           if tuned_env else "nothing to change here"), flush=True)
-    for dtype in dtypes:
-        for name in names:
-            # Each phase runs in a fresh process: neither framework's threads or memory can
-            # slow the other down.
-            argv = [sys.executable, __file__, "--model", args.model, "--rows", str(args.rows),
-                    "--length", str(args.length), "--steps", str(args.steps), "--warmup",
-                    str(args.warmup), "--batches", args.batches, "--phase", f"{name}:{dtype}"]
-            env = tuned_env if CONTENDERS[name][1] else None
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"phase {name}:{dtype} failed:\n{proc.stderr[-3000:]}")
-            phase = json.loads(next(line for line in proc.stdout.splitlines()
-                                    if line.startswith("PHASE "))[6:])
-            peak = peaks[f"{dtype}/{name}"] = max(phase["jax_peak"], phase["torch_peak"])
-            print(f"matmul peak {dtype} before {name}: JAX {phase['jax_peak'] / 1e9:.0f} "
-                  f"GFLOP/s, PyTorch {phase['torch_peak'] / 1e9:.0f} GFLOP/s", flush=True)
-            for kind, times in phase["times"].items():
-                tokens = int(np.count_nonzero(batches[kind]["segment_ids"]))
-                positions = batches[kind]["input_ids"].size
-                row = rows.setdefault((kind, dtype), {"batch": kind, "dtype": dtype,
-                                                      "tokens_per_step": tokens})
-                step_s = statistics.median(times)
-                row[f"{name}_step_s"] = step_s
-                row[f"{name}_tokens_per_s"] = tokens / step_s
-                row[f"{name}_mfu"] = flops_per_token * positions / step_s / peak
-                print(f"  {kind:6s} {dtype:8s} {name:17s} median step {step_s:6.2f} s  "
-                      f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
-                      flush=True)
+    try:
+        for dtype in dtypes:
+            for name in names:
+                env = tuned_env if CONTENDERS[name][1] else None
+                # The machine is shared: the peak is measured right before each phase, under the
+                # same load and allocator settings, in its own process. Each phase runs in a fresh
+                # process too, holding one framework only: neither framework's threads or heap
+                # can slow the other down.
+                measured = _run_phase(args, f"peak:{dtype}", env, batches_file)
+                phase = _run_phase(args, f"{name}:{dtype}", env, batches_file)
+                peak = peaks[f"{dtype}/{name}"] = max(measured["jax_peak"], measured["torch_peak"])
+                print(f"matmul peak {dtype} before {name}: JAX {measured['jax_peak'] / 1e9:.0f} "
+                      f"GFLOP/s, PyTorch {measured['torch_peak'] / 1e9:.0f} GFLOP/s", flush=True)
+                for kind, times in phase["times"].items():
+                    tokens = int(np.count_nonzero(batches[kind]["segment_ids"]))
+                    positions = batches[kind]["input_ids"].size
+                    row = rows.setdefault((kind, dtype), {"batch": kind, "dtype": dtype,
+                                                          "tokens_per_step": tokens})
+                    step_s = statistics.median(times)
+                    row[f"{name}_step_s"] = step_s
+                    row[f"{name}_step_times_s"] = times
+                    row[f"{name}_tokens_per_s"] = tokens / step_s
+                    row[f"{name}_mfu"] = flops_per_token * positions / step_s / peak
+                    print(f"  {kind:6s} {dtype:8s} {name:17s} median step {step_s:6.2f} s  "
+                          f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
+                          flush=True)
+    finally:
+        shutil.rmtree(batches_file.parent, ignore_errors=True)
     results = []
     for row in rows.values():
         peers = [row[f"{name}_tokens_per_s"] for name in names if name.startswith("pytorch")]
