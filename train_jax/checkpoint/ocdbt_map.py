@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def map_raw_arrays(item_dir: str | Path, names: Mapping[Any, str]) -> dict[Any, 
     others, or all of them when the item is not a one-node OCDBT tree, are missing from it.
     """
     item_dir = Path(item_dir).absolute()
+    if sys.byteorder != "little":  # the stored bytes are little endian (and so is bfloat16's view)
+        return {}
     try:
         entries = _leaf_entries(item_dir)
     except (ValueError, KeyError, TypeError, OSError) as exc:  # not OCDBT, or a layout not handled here
@@ -100,7 +103,11 @@ def _map_file(item_dir: Path, file_id: str) -> np.ndarray | None:
     path = (item_dir / (base + relative)).resolve()
     if not path.is_relative_to(item_dir.resolve()) or not path.is_file():
         return None
-    return np.asarray(np.memmap(path, np.uint8, mode="r"))  # a plain ndarray: slicing a memmap is slow
+    try:
+        return np.asarray(np.memmap(path, np.uint8, mode="r"))  # a plain ndarray: slicing a memmap is slow
+    except (OSError, ValueError) as exc:  # a filesystem without mmap, an empty file
+        logger.debug("cannot map %s (%s); reading through tensorstore", path, exc)
+        return None
 
 
 def _little_endian_dtype(name: Any) -> np.dtype | None:

@@ -82,6 +82,20 @@ def test_compressed_arrays_are_not_mapped_and_read_exactly(tmp_path):
     assert all(restored[p].tobytes() == a.tobytes() for p, a in _flat(params).items())
 
 
+def test_data_files_that_cannot_be_mapped_are_read_through_tensorstore(tmp_path, monkeypatch):
+    params = _params()
+    ckpt.write_model_checkpoint(tmp_path, params, ModelConfig.from_hf_config(TINY_CONFIG))
+
+    def no_mmap(*args, **kwargs):
+        raise OSError("mmap not supported here")
+
+    monkeypatch.setattr(ocdbt_map.np, "memmap", no_mmap)
+    stored = ckpt.open_params(tmp_path)
+    assert all(stored.view(path) is None for path in stored)
+    restored = stored.read_all()
+    assert all(restored[p].tobytes() == a.tobytes() for p, a in _flat(params).items())
+
+
 def test_a_folder_that_is_not_ocdbt_maps_nothing(tmp_path):
     assert ocdbt_map.map_raw_arrays(tmp_path, {("a",): "a"}) == {}
 
