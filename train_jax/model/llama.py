@@ -22,6 +22,7 @@ from train_jax.model.dense import dense, dense_transposed
 from train_jax.model.head_loss import head_cross_entropy
 from train_jax.model.norm import rms_norm
 from train_jax.model.rope import rope_cos_sin, rope_inv_freq
+from train_jax.model.swiglu import swiglu
 
 
 class LoraParam(nnx.Param):
@@ -127,7 +128,7 @@ class MLP(nnx.Module):
                                 lora=_lora_for(cfg, "down_proj"), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = axes.constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), axes.ACT_BTF)
+        hidden = axes.constrain(swiglu(self.gate_proj(x), self.up_proj(x)), axes.ACT_BTF)
         return self.down_proj(hidden)
 
 
