@@ -1,0 +1,19 @@
+"""Shared check for ops with a hand-written backward: same values and same VJP as a reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+
+def assert_same_vjp(fn: Callable, reference: Callable, args: Sequence[jax.Array], cotangent: jax.Array, *,
+                    value_tol: float = 1e-6, grad_tol: float = 1e-5) -> None:
+    """`fn` and `reference` agree on their value at `args` and on every input's gradient."""
+    got, vjp_got = jax.vjp(fn, *args)
+    want, vjp_want = jax.vjp(reference, *args)
+    np.testing.assert_allclose(got, want, rtol=value_tol, atol=value_tol)
+    for g, w in zip(vjp_got(cotangent), vjp_want(cotangent), strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=grad_tol, atol=grad_tol)
