@@ -12,7 +12,6 @@ into reused buffers. safetensors has no streaming writer; it does validate each 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import TensorSpec
+
+from train_jax.libc import libc
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,24 @@ def file_order(specs: Mapping[str, tuple[Shape, np.dtype]]) -> list[str]:
     return sorted(specs)
 
 
-def header(specs: Mapping[str, tuple[Shape, np.dtype]], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The 8-byte length and JSON header `save_file` writes for tensors of these shapes and dtypes."""
-    doc: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
+def _data_layout(specs: Mapping[str, tuple[Shape, np.dtype]]) -> dict[str, tuple[int, int]]:
+    # {name: (offset in the data section, size in bytes)}, in `file_order`.
+    layout, offset = {}, 0
     for name in file_order(specs):
         shape, dtype = specs[name]
         size = math.prod(shape) * np.dtype(dtype).itemsize
+        layout[name] = (offset, size)
+        offset += size
+    return layout
+
+
+def header(specs: Mapping[str, tuple[Shape, np.dtype]], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The 8-byte length and JSON header `save_file` writes for tensors of these shapes and dtypes."""
+    doc: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    for name, (offset, size) in _data_layout(specs).items():
+        shape, dtype = specs[name]
         code = TensorSpec(dtype=np.dtype(dtype).name, shape=list(shape), data_ptr=0, data_len=size).dtype
         doc[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads the header to a multiple of 8 bytes
     return struct.pack("<Q", len(text)) + text
@@ -65,15 +74,12 @@ def write_pieces(path: str | Path, specs: Mapping[str, tuple[Shape, np.dtype]],
     written before the next is taken. Together the pieces must cover every tensor exactly once.
     """
     head = header(specs, metadata)
-    sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, (shape, dtype) in specs.items()}
-    starts = {}
-    position = len(head)
-    for name in file_order(specs):
-        starts[name] = position
-        position += sizes[name]
+    layout = _data_layout(specs)
+    starts = {name: len(head) + offset for name, (offset, _) in layout.items()}
+    sizes = {name: size for name, (_, size) in layout.items()}
     written: dict[str, list[tuple[int, int]]] = {name: [] for name in specs}
     with open(path, "wb", buffering=0) as out:
-        _preallocate(out.fileno(), position)
+        _preallocate(out.fileno(), len(head) + sum(sizes.values()))
         _write_at(out.fileno(), memoryview(head), 0)
         for name, offset, piece in pieces:
             if name not in specs:
@@ -117,8 +123,7 @@ def _preallocate(fd: int, size: int) -> None:
 @functools.cache
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
     # libc's fallocate(fd, mode, offset, length), or None where libc has none (macOS).
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    function = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    function = getattr(libc(), "fallocate64", None) or getattr(libc(), "fallocate", None)
     if function is not None:
         function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         function.restype = ctypes.c_int

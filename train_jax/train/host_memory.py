@@ -28,8 +28,6 @@ are concerned. Where the C library is not glibc, nothing is changed.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import platform
@@ -37,6 +35,8 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, get_args
+
+from train_jax.libc import libc
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def resident_bytes() -> int:
 
 
 def _malloc_trim() -> None:
-    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    libc().malloc_trim(0)
 
 
 class HeapTrimmer:
