@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.train_jax.model.vjp_check import assert_same_vjp
 from train_jax.model.attention import grouped_query_attention
 from train_jax.model.llama import attention_mask
 from train_jax.model.rope import apply_rope, rope_cos_sin
@@ -23,15 +24,9 @@ def test_values_and_gradients_match_jax_attention(dtype):
     # Two packed segments in the first row: causal and block-diagonal.
     mask = attention_mask(jnp.array([[1, 1, 1, 2, 2, 2], [1] * 6]), b, t)
     reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask)
-    got, vjp_got = jax.vjp(lambda q, k, v: grouped_query_attention(q, k, v, mask), q, k, v)
-    want, vjp_want = jax.vjp(reference, q, k, v)
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                               rtol=tol, atol=tol)
-    for g, w in zip(vjp_got(cotangent), vjp_want(cotangent), strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
-                                   rtol=tol, atol=tol)
+    assert_same_vjp(lambda q, k, v: grouped_query_attention(q, k, v, mask), reference, (q, k, v),
+                    cotangent, value_tol=tol, grad_tol=tol)
 
 
 def test_a_key_outside_the_segment_gets_no_gradient():
@@ -65,8 +60,4 @@ def test_rope_inside_equals_rope_applied_to_q_and_k_first():
                                             mask=mask)
 
     cotangent = jax.random.normal(keys[3], (b, t, n, h))
-    got, vjp_got = jax.vjp(inside, q, k, v)
-    want, vjp_want = jax.vjp(first, q, k, v)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    for g, w in zip(vjp_got(cotangent), vjp_want(cotangent), strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert_same_vjp(inside, first, (q, k, v), cotangent, value_tol=1e-5)

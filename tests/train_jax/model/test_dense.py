@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
+from tests.train_jax.model.vjp_check import assert_same_vjp
 from train_jax.model.dense import dense, dense_transposed
-
-
-def _grads(fn, x, w, cotangent):
-    _, vjp = jax.vjp(fn, x, w)
-    return vjp(cotangent)
 
 
 @pytest.mark.parametrize("compute_dtype", [jnp.float32, jnp.bfloat16])
@@ -22,13 +17,9 @@ def test_dense_matches_autodiff(compute_dtype):
     kernel = jax.random.normal(keys[1], (16, 24), jnp.float32)
     cotangent = jax.random.normal(keys[2], (2, 5, 24), compute_dtype)
     plain = lambda x, w: x @ w.astype(x.dtype)
-    np.testing.assert_allclose(np.asarray(dense(x, kernel), np.float32), np.asarray(plain(x, kernel), np.float32),
-                               rtol=1e-5 if compute_dtype == jnp.float32 else 1e-2, atol=1e-5)
-    got, want = _grads(dense, x, kernel, cotangent), _grads(plain, x, kernel, cotangent)
-    tol = 1e-5 if compute_dtype == jnp.float32 else 2e-2
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol)
+    f32 = compute_dtype == jnp.float32
+    assert_same_vjp(dense, plain, (x, kernel), cotangent,
+                    value_tol=1e-5 if f32 else 1e-2, grad_tol=1e-5 if f32 else 2e-2)
 
 
 def test_dense_transposed_matches_autodiff():
@@ -37,11 +28,7 @@ def test_dense_transposed_matches_autodiff():
     table = jax.random.normal(keys[1], (40, 16))
     cotangent = jax.random.normal(keys[2], (3, 4, 40))
     plain = lambda x, t: x @ t.T
-    np.testing.assert_allclose(dense_transposed(x, table), plain(x, table), rtol=1e-5, atol=1e-5)
-    got, want = _grads(dense_transposed, x, table, cotangent), _grads(plain, x, table, cotangent)
-    for g, w in zip(got, want, strict=True):
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert_same_vjp(dense_transposed, plain, (x, table), cotangent, value_tol=1e-5)
 
 
 def test_a_weight_that_is_not_differentiated_costs_no_weight_gradient():

@@ -8,12 +8,19 @@ import jax
 import numpy as np
 
 
+def _as_f32(x: jax.Array) -> np.ndarray:
+    # numpy compares bfloat16 poorly; every compute dtype here widens to float32 exactly.
+    return np.asarray(x, np.float32)
+
+
 def assert_same_vjp(fn: Callable, reference: Callable, args: Sequence[jax.Array], cotangent: jax.Array, *,
                     value_tol: float = 1e-6, grad_tol: float = 1e-5) -> None:
-    """`fn` and `reference` agree on their value at `args` and on every input's gradient."""
+    """`fn` and `reference` agree on their value at `args` and on every input's gradient, which
+    must also have the reference's dtype and shape."""
     got, vjp_got = jax.vjp(fn, *args)
     want, vjp_want = jax.vjp(reference, *args)
-    np.testing.assert_allclose(got, want, rtol=value_tol, atol=value_tol)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(_as_f32(got), _as_f32(want), rtol=value_tol, atol=value_tol)
     for g, w in zip(vjp_got(cotangent), vjp_want(cotangent), strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=grad_tol, atol=grad_tol)
+        np.testing.assert_allclose(_as_f32(g), _as_f32(w), rtol=grad_tol, atol=grad_tol)
