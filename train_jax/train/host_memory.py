@@ -84,10 +84,9 @@ def allocator_environment(env: Mapping[str, str], policy: str, libc: str,
     return {**env, "GLIBC_TUNABLES": ":".join(([current] if current else []) + missing)}
 
 
-def environment_for(policy: str, env: Mapping[str, str] | None = None) -> dict[str, str] | None:
-    """`allocator_environment` of `env` (default: this process's) on this machine."""
-    return allocator_environment(os.environ if env is None else env, policy,
-                                 platform.libc_ver()[0], transparent_huge_page_mode())
+def environment_for(policy: str) -> dict[str, str] | None:
+    """`allocator_environment` of this process's environment on this machine."""
+    return allocator_environment(os.environ, policy, platform.libc_ver()[0], transparent_huge_page_mode())
 
 
 def reexec_with_allocator(policy: str) -> None:
