@@ -45,7 +45,6 @@ ACT_BTF: LogicalAxes = (BATCH, LENGTH, ACT_MLP)
 ACT_BTNH: LogicalAxes = (BATCH, LENGTH, ACT_HEADS, HEAD_DIM)
 ACT_BTKH: LogicalAxes = (BATCH, LENGTH, ACT_KV_HEADS, HEAD_DIM)
 ACT_BTV: LogicalAxes = (BATCH, LENGTH, ACT_VOCAB)
-ACT_VBT: LogicalAxes = (ACT_VOCAB, BATCH, LENGTH)  # logits laid out for the fused head loss
 
 ActivationConstraint = Callable[[jax.Array, LogicalAxes], jax.Array]
 _CONSTRAINT: ContextVar[ActivationConstraint | None] = ContextVar("activation_constraint", default=None)

@@ -55,13 +55,21 @@ def test_masked_tokens_contribute_no_gradient():
 
 
 def test_an_undifferentiated_table_costs_no_table_gradient():
-    # LoRA freezes the head: its (V, D) gradient product must be dead code that XLA removes.
+    # LoRA freezes the head: its table-gradient product (formed transposed, (D, V)) must be dead
+    # code that XLA removes.
     hidden, table, targets, _ = _inputs(jnp.float32, vocab=200)
-    hlo = (jax.jit(jax.grad(lambda h: head_cross_entropy(h, table, targets).sum()))
-           .lower(hidden).compile().as_text())
-    dots = [line.split("=", 1)[1].split("dot(")[0] for line in hlo.splitlines() if " dot(" in line]
-    assert dots, "the logits / hidden-gradient products are missing"
-    assert not [d for d in dots if "[200,16]" in d], dots
+
+    def product_shapes(grad_fn, *args):
+        hlo = jax.jit(grad_fn).lower(*args).compile().as_text()
+        return [line.split("=", 1)[1].split("dot(")[0] for line in hlo.splitlines() if " dot(" in line]
+
+    table_grad = ("[16,200]", "[200,16]")
+    with_table = product_shapes(jax.grad(lambda h, t: head_cross_entropy(h, t, targets).sum(),
+                                         argnums=(0, 1)), hidden, table)
+    assert [d for d in with_table if any(s in d for s in table_grad)], with_table
+    without = product_shapes(jax.grad(lambda h: head_cross_entropy(h, table, targets).sum()), hidden)
+    assert without, "the logits / hidden-gradient products are missing"
+    assert not [d for d in without if any(s in d for s in table_grad)], without
 
 
 @pytest.mark.parametrize("tied", [True, False])
