@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="HF model folder")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile, caches)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batches", default="random,viggo", help="random and/or viggo")
