@@ -58,6 +58,47 @@ def scrape(server: str, http: httpx.Client | None = None) -> str:
     return httpx.get(f"{server}/metrics", timeout=10).text
 
 
+# First in the module, on a fresh server. Run last (after the 64-stream test and the others),
+# in about three module runs in eight the client read its first event only ~27-35 s after the
+# request, once the generation was over or nearly so, although the server logged a 6 ms time
+# to first token: the hang-up then came too late to abort anything. That delivery delay is a
+# separate, open problem (see the 2026-11-22 notes in docs/SERVING.md); this test checks that a
+# hang-up mid-stream aborts the generation and frees its slot.
+def test_client_disconnect_mid_stream_frees_its_slot(server, context):
+    before = scrape(server)
+    # As long as the context allows, so the generation is still running when we hang up.
+    max_tokens = context - 20
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True,
+            "stream": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    started = time.monotonic()
+    with httpx.Client(base_url=server, timeout=60) as http, \
+            http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+        lines = response.iter_lines()  # one iterator: leaving it early would close the stream
+        while not next(lines).startswith("data: "):
+            pass
+        during = scrape(server, http)
+    # Leaving the block closed the connection: the engine request must be aborted.
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(server)
+        running = metric(after, "jaxtune_engine_requests_running")
+        waiting = metric(after, "jaxtune_engine_requests_waiting")
+        if (running, waiting, metric(after, "jaxtune_requests_in_flight")) == (0, 0, 0):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    generated = metric(after, "jaxtune_generation_tokens_total", model=MODEL) - \
+        metric(before, "jaxtune_generation_tokens_total", model=MODEL)
+    # Proof of the abort: the request stopped well short of its max_tokens.
+    assert 1 <= generated < max_tokens, (generated, elapsed)
+    # While it streamed, it held a slot and an engine sequence.
+    assert metric(during, "jaxtune_requests_in_flight") == 1
+    assert metric(during, "jaxtune_engine_requests_running") + \
+        metric(during, "jaxtune_engine_requests_waiting") == 1
+
+
 def test_models_list_base_and_adapter(client, context):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {MODEL, ADAPTER}
@@ -207,37 +248,3 @@ def test_64_concurrent_streams_finish_without_errors(server):
     assert metric(text, "jaxtune_requests_in_flight") == 0
     assert metric(text, "jaxtune_engine_requests_running") == 0
 
-
-def test_client_disconnect_mid_stream_frees_its_slot(server, context):
-    before = scrape(server)
-    # As long as the context allows, so the generation is still running when we hang up.
-    max_tokens = context - 20
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True,
-            "stream": True}
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    started = time.monotonic()
-    with httpx.Client(base_url=server, timeout=60) as http, \
-            http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
-        lines = response.iter_lines()  # one iterator: leaving it early would close the stream
-        while not next(lines).startswith("data: "):
-            pass
-        during = scrape(server, http)
-    # Leaving the block closed the connection: the engine request must be aborted.
-    deadline = time.monotonic() + 30
-    while True:
-        after = scrape(server)
-        running = metric(after, "jaxtune_engine_requests_running")
-        waiting = metric(after, "jaxtune_engine_requests_waiting")
-        if (running, waiting, metric(after, "jaxtune_requests_in_flight")) == (0, 0, 0):
-            break
-        assert time.monotonic() < deadline, after
-        time.sleep(0.1)
-    elapsed = time.monotonic() - started
-    generated = metric(after, "jaxtune_generation_tokens_total", model=MODEL) - \
-        metric(before, "jaxtune_generation_tokens_total", model=MODEL)
-    # Proof of the abort: the request stopped well short of its max_tokens.
-    assert 1 <= generated < max_tokens, (generated, elapsed)
-    # While it streamed, it held a slot and an engine sequence.
-    assert metric(during, "jaxtune_requests_in_flight") == 1
-    assert metric(during, "jaxtune_engine_requests_running") + \
-        metric(during, "jaxtune_engine_requests_waiting") == 1
