@@ -9,7 +9,12 @@ import optax
 import pytest
 
 from train_jax.config.run_config import OptimizerConfig
-from train_jax.train.optimizer import build_optimizer, clip_by_global_norm, learning_rate_schedule
+from train_jax.train.optimizer import (
+    build_optimizer,
+    clip_by_global_norm,
+    decay_mask,
+    learning_rate_schedule,
+)
 
 
 def _grads(seed: int) -> dict[str, jax.Array]:
@@ -53,7 +58,7 @@ def test_chain_steps_like_optax_chain_with_optax_clipping():
     theirs = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                    mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+                    mask=decay_mask))
     params = _grads(3)
     p_ours, p_theirs = params, params
     s_ours, s_theirs = ours.init(params), theirs.init(params)
