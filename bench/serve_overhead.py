@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.server_process import free_port, running_server
+from infra.pipeline.server_process import free_port, running_server
 
 logger = logging.getLogger("serve_overhead")
 

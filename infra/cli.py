@@ -29,8 +29,8 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("eval", "compare"), "eval.cli_compare", "compare accuracy runs (McNemar, plots)"),
     (("launch", "tpu"), "infra.launch.tpu_cli", "run training on a Cloud TPU VM"),
     (("launch", "gke"), "infra.launch.gke_cli", "render a GKE JobSet for TPU or GPU"),
-    (("sweep",), "train_jax.sweep.cli", "hyperparameter grid search"),
-    (("demo",), "train_jax.demo.cli", "base model -> tuned, served, evaluated specialist"),
+    (("sweep",), "infra.sweep.cli", "hyperparameter grid search"),
+    (("demo",), "infra.demo.cli", "base model -> tuned, served, evaluated specialist"),
 )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.server_process import free_port, running_server
+from infra.pipeline.server_process import free_port, running_server
 from tests.fixtures.tiny_model import build_tiny_hf_model
 
 pytestmark = pytest.mark.vllm

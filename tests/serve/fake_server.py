@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from serve.app import create_app
 from serve.engine import ModelCard
 from serve.fake_engine import FakeEngine
-from serve.server_process import free_port
+from infra.pipeline.server_process import free_port
 from serve.settings import ModelSource, ServeSettings
 
 FAKE_MODEL = "fake"

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from serve.server_process import free_port, running_server
+from infra.pipeline.server_process import free_port, running_server
 
 # Small, CPU-friendly engine settings: eager mode starts fastest, 0.25 GiB of KV cache is
 # plenty for tiny models and leaves the shared machine alone.

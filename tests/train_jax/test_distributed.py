@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.launch.gke_manifest import COMPLETION_INDEX_FIELD, GkeJobSpec, GpuNodes, render_jobset
-from serve.server_process import free_port
+from infra.pipeline.server_process import free_port
 from train_jax.distributed import DistributedConfig, DistributedSetupError, initialize, resolve
 
 REPO = Path(__file__).resolve().parents[2]

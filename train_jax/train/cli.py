@@ -18,13 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the run; exit code 0 when finished, 128+signal when interrupted."""
-    from train_jax.config.run_config import load_raw_run_config, run_config_from_dict
+    from train_jax.config.run_config import load_run_config
     from train_jax.distributed import initialize
 
     if not getattr(args, "debug", False):
         logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
-    raw = load_raw_run_config(args.config, args.overrides)
-    cfg = run_config_from_dict(raw)
+    cfg = load_run_config(args.config, args.overrides)
     if getattr(args, "_whole_process", False):
         from train_jax.train.host_memory import reexec_with_allocator
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     initialize(cfg.distributed)  # before anything touches a JAX backend
     from train_jax.train.stages import run_stages
 
-    result = run_stages(raw)
+    result = run_stages(cfg)
     if result.interrupted_by is not None:
         print(f"interrupted at step {result.final_step}; checkpoint saved in "
               f"{cfg.run_dir}; re-run the same command to resume")

@@ -119,6 +119,8 @@ def test_train_image_installs_jax_per_accelerator_and_no_serving_stack():
         assert "jax" in closure and "flax" in closure and "orbax-checkpoint" in closure
         assert not closure & TRAIN_FORBIDDEN, closure & TRAIN_FORBIDDEN
     assert "('vllm',)" in run_text and "sys.exit" in run_text  # build-time guard
+    copied = {c.value[0] for c in commands if c.cmd == "COPY"}
+    assert {"train_jax", "eval", "infra"} <= copied and "serve" not in copied
 
 
 def test_serve_image_is_vllm_based_and_installs_no_jax():

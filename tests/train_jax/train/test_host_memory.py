@@ -117,7 +117,7 @@ def test_jaxtune_train_re_executes_itself_once_with_the_tunables(tmp_path):
     code = ("import os, sys\n"
             "import train_jax.train.stages as stages\n"
             "class R: interrupted_by=None; final_step=0; last_loss=None; exit_code=0\n"
-            "def fake(raw):\n"
+            "def fake(cfg):\n"
             "    print('TUNABLES=' + os.environ.get('GLIBC_TUNABLES', ''), flush=True)\n"
             "    return R()\n"
             "stages.run_stages = fake\n"

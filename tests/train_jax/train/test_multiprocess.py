@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from serve.server_process import free_port
+from infra.pipeline.server_process import free_port
 from tests.train_jax.train.runs import REPO, env, losses, train_command, viggo_slice, write_config
 from train_jax.config.run_config import load_run_config
 from train_jax.train.loop import train

@@ -9,7 +9,7 @@ import yaml
 
 from tests.train_jax.train.runs import REPO, losses, viggo_slice, write_config
 from train_jax.checkpoint import committed_steps, read_checkpoint_info
-from train_jax.config.run_config import load_raw_run_config
+from train_jax.config.run_config import load_run_config
 from train_jax.train.stages import run_stages, stage_configs
 
 
@@ -36,18 +36,18 @@ def _config(tmp_path):
 
 
 def test_stage_configs_chain_checkpoints(tmp_path):
-    raw = load_raw_run_config(_config(tmp_path), [f"run_dir={tmp_path / 'run'}"])
-    first, second = stage_configs(raw)
-    assert first["run_dir"] == str(tmp_path / "run" / "stage-1")
-    assert second["model"]["path"] == str(tmp_path / "run" / "stage-1" / "checkpoints")
-    assert second["model"]["architecture"] is None
-    assert len(second["data"]["sources"]) == 1 and len(first["data"]["sources"]) == 2
+    cfg = load_run_config(_config(tmp_path), [f"run_dir={tmp_path / 'run'}"])
+    first, second = stage_configs(cfg)
+    assert first.run_dir == str(tmp_path / "run" / "stage-1")
+    assert second.model.path == str(tmp_path / "run" / "stage-1" / "checkpoints")
+    assert second.model.architecture is None
+    assert len(second.data.sources) == 1 and len(first.data.sources) == 2
 
 
 @pytest.mark.slow  # two small training runs (~1-2 min on the shared CPU)
 def test_mixture_stage_then_lora_stage(tmp_path):
-    raw = load_raw_run_config(_config(tmp_path), [f"run_dir={tmp_path / 'run'}"])
-    result = run_stages(raw)
+    cfg = load_run_config(_config(tmp_path), [f"run_dir={tmp_path / 'run'}"])
+    result = run_stages(cfg)
     assert result.final_step == 2 and result.interrupted_by is None
     stage1, stage2 = tmp_path / "run" / "stage-1", tmp_path / "run" / "stage-2"
     rows = [json.loads(x) for x in (stage1 / "metrics.jsonl").read_text().splitlines()]

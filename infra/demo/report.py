@@ -6,11 +6,27 @@ import json
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from train_jax.demo.pipeline import DemoPipeline
+
+@dataclass(frozen=True)
+class DemoRecord:
+    """What the report needs of a finished demo: plain values and paths, no pipeline object."""
+
+    root: Path
+    out_dir: Path
+    task: str
+    base_model_dir: Path
+    tuned_dir: Path
+    run_dir: Path
+    logs: Path
+    tuned_style: str
+    baseline_shots: int
+    budget_minutes: float
+    stage_seconds: dict[str, float | None]
+    eval_dirs: dict[str, Path]  # base, tuned, compare, latency -> where that eval wrote
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -63,44 +79,43 @@ def _training_summary(metrics_path: Path) -> list[str]:
     return lines
 
 
-def write_report(pipeline: DemoPipeline) -> Path:
+def write_report(demo: DemoRecord) -> Path:
     """Write `REPORT.md` (+ PNGs copied beside it) for a finished demo; return its path."""
-    root = pipeline.root
+    root = demo.root
     assets = root / "report_assets"
     assets.mkdir(exist_ok=True)
-    base = _read(pipeline.eval_dir("base") / "results.json")
-    tuned = _read(pipeline.eval_dir("tuned") / "results.json")
-    compare = _read(pipeline.eval_dir("compare") / "results.json")
-    seconds = pipeline.stage_seconds()
-    pngs = (_copy_pngs(pipeline.run_dir, assets, "train")
-            + _copy_pngs(pipeline.eval_dir("compare"), assets, "compare")
-            + _copy_pngs(pipeline.eval_dir("latency"), assets, "latency")
+    base = _read(demo.eval_dirs["base"] / "results.json")
+    tuned = _read(demo.eval_dirs["tuned"] / "results.json")
+    compare = _read(demo.eval_dirs["compare"] / "results.json")
+    seconds = demo.stage_seconds
+    pngs = (_copy_pngs(demo.run_dir, assets, "train")
+            + _copy_pngs(demo.eval_dirs["compare"], assets, "compare")
+            + _copy_pngs(demo.eval_dirs["latency"], assets, "latency")
             + _copy_pngs(root / "data", assets, "data"))
-    s = pipeline.s
     lines = [
-        f"# jaxtune demo: {s.task} on {Path(str(pipeline.base_dir)).name}", "",
+        f"# jaxtune demo: {demo.task} on {demo.base_model_dir.name}", "",
         "Command: `" + shlex.join(["jaxtune", *sys.argv[1:]] if sys.argv[1:2] == ["demo"]
-                                  else ["jaxtune", "demo", "--out", str(s.out_dir)]) + "`", "",
+                                  else ["jaxtune", "demo", "--out", str(demo.out_dir)]) + "`", "",
         "## Accuracy on the validation split", "",
         (f"{base['n_examples'] if base else '?'} validation examples; the base model is prompted "
-         f"with the task instruction and {s.baseline_shots} shots (chat template), the tuned model "
-         f"with the `{pipeline.tuned_style()}` prompt it was trained on."), "",
+         f"with the task instruction and {demo.baseline_shots} shots (chat template), the tuned "
+         f"model with the `{demo.tuned_style}` prompt it was trained on."), "",
         *_accuracy_rows(base, tuned), "",
     ]
     if compare:
         lines += [("Paired comparison (McNemar): see "
-                   f"[{pipeline.eval_dir('compare') / 'report.md'}]({pipeline.eval_dir('compare') / 'report.md'})."), ""]
-    lines += ["## Training", "", *_training_summary(pipeline.run_dir / "metrics.jsonl"),
+                   f"[{demo.eval_dirs['compare'] / 'report.md'}]({demo.eval_dirs['compare'] / 'report.md'})."), ""]
+    lines += ["## Training", "", *_training_summary(demo.run_dir / "metrics.jsonl"),
               (f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
-               f"(budget {s.budget_minutes:g} min)"), "",
+               f"(budget {demo.budget_minutes:g} min)"), "",
               "## Stages", "", "| stage | seconds |", "|---|---|",
               *[f"| {name} | {_fmt(sec, 0)} |" for name, sec in seconds.items() if name != "report"], "",
               "## Outputs", "",
-              f"- tuned model (HF folder): `{pipeline.tuned_dir}`",
-              f"- training run: `{pipeline.run_dir}`",
+              f"- tuned model (HF folder): `{demo.tuned_dir}`",
+              f"- training run: `{demo.run_dir}`",
               f"- data report: `{root / 'data' / 'report.md'}`",
-              f"- latency report: `{pipeline.eval_dir('latency') / 'report.md'}`",
-              f"- logs of every command: `{pipeline.logs}`", "",
+              f"- latency report: `{demo.eval_dirs['latency'] / 'report.md'}`",
+              f"- logs of every command: `{demo.logs}`", "",
               "## Plots", ""]
     lines += [f"![{png.stem}](report_assets/{png.name})" for png in pngs]
     report = root / "REPORT.md"

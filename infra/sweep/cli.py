@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the sweep and print the best trial."""
-    from train_jax.sweep.grid import parse_grid
-    from train_jax.sweep.runner import Sweep, SweepSettings
+    from infra.sweep.grid import parse_grid
+    from infra.sweep.runner import Sweep, SweepSettings
 
     if not args.config.is_file():
         raise FileNotFoundError(f"config not found: {args.config}")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from train_jax.demo.processes import jaxtune_command, run_logged
-from train_jax.demo.stages import Stage, StageRunner
-from train_jax.sweep.grid import Trial
+from infra.pipeline.processes import jaxtune_command, run_logged
+from infra.pipeline.stages import Stage, StageRunner
+from infra.sweep.grid import Trial
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from train_jax.sweep.grid import GridError, parse_grid
+from infra.sweep.grid import GridError, parse_grid
 
 
 def test_cartesian_product_in_stable_order_with_aliases() -> None:

@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `jaxtune demo`."""
-    from train_jax.demo.pipeline import KNOWN_BASE_MODELS, REPO_ROOT
+    from infra.demo.pipeline import KNOWN_BASE_MODELS, REPO_ROOT
 
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="demo directory; re-running continues its unfinished stages")
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the demo and print where the report is."""
-    from train_jax.demo.pipeline import DemoPipeline, DemoSettings
+    from infra.demo.pipeline import DemoPipeline, DemoSettings
 
     config = (args.config or args._repo_root / "configs" / "train" / f"{args.task}.yaml").resolve()
     try:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from serve.server_process import ServerStartError, free_port, running_server
+from infra.pipeline.server_process import ServerStartError, free_port, running_server
 
 logger = logging.getLogger(__name__)
 

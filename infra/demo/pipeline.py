@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train_jax.demo.processes import jaxtune_command, run_logged, served_model
-from train_jax.demo.stages import Stage, StageRunner
+from infra.pipeline.processes import jaxtune_command, run_logged, served_model
+from infra.pipeline.stages import Stage, StageRunner
 from train_jax.provenance import add_eval_results
 
 logger = logging.getLogger(__name__)
@@ -180,13 +180,19 @@ class DemoPipeline:
         return {"accuracy_dir": str(acc_out), "latency_dir": str(lat_out)}
 
     def _report(self) -> dict:
-        from train_jax.demo.report import write_report
+        from infra.demo.report import DemoRecord, write_report
 
         compare_out = self.eval_dir("compare")
         run_logged(jaxtune_command("eval", "compare", str(self.eval_dir("base")),
                                    str(self.eval_dir("tuned")), "--out", str(compare_out)),
                    self.logs / "eval_compare.log")
-        report = write_report(self)
+        report = write_report(DemoRecord(
+            root=self.root, out_dir=self.s.out_dir, task=self.s.task,
+            base_model_dir=Path(str(self.base_dir)), tuned_dir=self.tuned_dir,
+            run_dir=self.run_dir, logs=self.logs, tuned_style=self.tuned_style(),
+            baseline_shots=self.s.baseline_shots, budget_minutes=self.s.budget_minutes,
+            stage_seconds=self.stage_seconds(),
+            eval_dirs={name: self.eval_dir(name) for name in ("base", "tuned", "compare", "latency")}))
         return {"report": str(report), "compare_dir": str(compare_out)}
 
     def train_config(self):
