@@ -80,3 +80,12 @@ def test_shipped_configs_accept_the_documented_overrides(path, tmp_path):
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, 2, 1)
     for source in cfg.data.sources:
         assert (REPO / source.dataset.train_file).is_file()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_a_run_config_round_trips_through_its_plain_dict(path):
+    # Training stages are derived from the typed config's dict, so nothing may get lost there.
+    from train_jax.config.run_config import run_config_from_dict
+
+    cfg = load_run_config(path, ["model=/models/base", "train.steps=7"])
+    assert run_config_from_dict(cfg.to_dict()) == cfg
