@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from eval.tasks import get_task
+from eval.tasks.records import TaskExample
+from eval.tasks.task import Task
 from train_jax.data.config import DataConfig
 from train_jax.data.prepare import prepare_dataset
 from train_jax.data.tokenization import load_tokenizer
@@ -51,14 +53,14 @@ def time_datasets_map(task: str, tokenizer, work: Path) -> tuple[float, int, int
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
-    module = get_task(task)
+    spec = get_task(task)
     path = TASK_FILES[task]
     eos = tokenizer.eos_token
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(),
                                                                         strict=True)]
-        texts = [module.structured_prompt(_example(module, r)) + r[module.TARGET_FIELD] + eos
+        texts = [spec.structured_prompt(_example(spec, r)) + r[spec.target_field] + eos
                  for r in rows]
         return {"input_ids": tokenizer(texts)["input_ids"]}
 
@@ -72,11 +74,8 @@ def time_datasets_map(task: str, tokenizer, work: Path) -> tuple[float, int, int
     return seconds, len(ds), tokens
 
 
-def _example(module, row):
-    from eval.tasks.records import TaskExample
-
-    return TaskExample(inputs={k: row[k] for k in module.INPUT_FIELDS},
-                       target=row[module.TARGET_FIELD])
+def _example(task: Task, row: dict[str, str]) -> TaskExample:
+    return TaskExample(inputs={k: row[k] for k in task.input_fields}, target=row[task.target_field])
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
 """The accuracy suite: prompt a served model on a task file, score every answer, summarise.
 
-Prompts come from the task modules (the same rendering training uses): ``structured``
-prompts go to /v1/completions as raw text; ``chat`` messages (zero- or few-shot, for untuned
-chat baselines) go to /v1/chat/completions where the server applies the model's chat template.
+Prompts come from the `Task` objects of `eval.tasks` (the same rendering training uses):
+``structured`` prompts go to /v1/completions as raw text; ``chat`` messages (zero- or
+few-shot, for untuned chat baselines) go to /v1/chat/completions where the server applies the
+model's chat template.
 Requests run at a chosen concurrency and their latency is recorded too (accuracy under load).
 """
 
@@ -13,18 +14,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from eval.accuracy_records import ExampleResult
 from eval.cache import GenerationCache
 from eval.client import ClientConfig, Endpoint, OpenAIClient, Prompt, RequestOutcome, SamplingParams
 from eval.latency_stats import summarise as summarise_latency
+from eval.report_accuracy import write_accuracy_report
 from eval.stats import estimate
 from eval.tasks import get_task, prompting
 from eval.tasks.records import PROMPT_STYLES, PromptStyle, TaskExample
 from eval.tasks.scoring import ExampleScore
+from eval.tasks.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -74,33 +77,6 @@ class AccuracyConfig:
         return "chat" if self.style == "chat" else "completions"
 
 
-@dataclass(frozen=True)
-class ExampleResult:
-    """One evaluated example: what was sent, what came back, how it scored."""
-
-    index: int
-    source: str
-    prompt: Prompt
-    prediction: str
-    gold: str
-    parsed: str | None
-    scores: dict[str, float | None]
-    errors: dict[str, str]
-    outcome: RequestOutcome
-
-    def to_dict(self) -> dict[str, Any]:
-        latency = self.outcome.to_dict()
-        latency.pop("text")
-        return {"index": self.index, "source": self.source, "prompt": self.prompt,
-                "prediction": self.prediction, "gold": self.gold, "parsed": self.parsed,
-                "scores": self.scores, "correct": self.scores.get(_primary_metric(self.scores)),
-                "errors": self.errors, "request": latency}
-
-
-def _primary_metric(scores: dict[str, float | None]) -> str:
-    return next(iter(scores))
-
-
 def load_task_examples(config: AccuracyConfig) -> tuple[list[TaskExample], list[TaskExample]]:
     """(examples to evaluate, few-shot examples) per `config`."""
     task = get_task(config.task)
@@ -122,7 +98,7 @@ def load_task_examples(config: AccuracyConfig) -> tuple[list[TaskExample], list[
     return examples, shots
 
 
-def build_prompt(task: ModuleType, example: TaskExample, style: PromptStyle,
+def build_prompt(task: Task, example: TaskExample, style: PromptStyle,
                  shots: list[TaskExample]) -> Prompt:
     """The request prompt: structured text or chat messages."""
     if style == "structured":
@@ -130,19 +106,19 @@ def build_prompt(task: ModuleType, example: TaskExample, style: PromptStyle,
     return task.chat_messages(example, shots)
 
 
-def sampling_for(task: ModuleType, config: AccuracyConfig) -> SamplingParams:
+def sampling_for(task: Task, config: AccuracyConfig) -> SamplingParams:
     """Greedy decoding with the task's answer budget; structured prompts stop at a new question."""
     stop = (prompting.QUESTION_START,) if config.style == "structured" else ()
-    return SamplingParams(max_tokens=config.max_tokens or task.MAX_NEW_TOKENS, stop=stop)
+    return SamplingParams(max_tokens=config.max_tokens or task.max_new_tokens, stop=stop)
 
 
-def _score(task: ModuleType, example: TaskExample, outcome: RequestOutcome) -> ExampleScore:
+def _score(task: Task, example: TaskExample, outcome: RequestOutcome) -> ExampleScore:
     if outcome.ok:
         return task.score(outcome.text, example)
     # A failed request is a wrong answer; its kind is kept so reports can tell them apart.
-    values = {m.name: 0.0 for m in task.METRICS}
+    values = {m.name: 0.0 for m in task.metrics}
     return ExampleScore(values=values, parsed=None,
-                        errors={m.name: f"request_{outcome.error_kind}" for m in task.METRICS})
+                        errors={m.name: f"request_{outcome.error_kind}" for m in task.metrics})
 
 
 async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
@@ -162,7 +138,8 @@ async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
         bar.update(1)
         return ExampleResult(index=index, source=example.source, prompt=prompts[index],
                              prediction=outcome.text, gold=example.target, parsed=scored.parsed,
-                             scores=dict(scored.values), errors=dict(scored.errors), outcome=outcome)
+                             scores=dict(scored.values), errors=dict(scored.errors),
+                             outcome=outcome, primary_metric=task.primary_metric)
 
     start = time.perf_counter()
     try:
@@ -177,9 +154,9 @@ def summarise(config: AccuracyConfig, client_config: ClientConfig,
     """The results.json content: metric estimates, error counts, latency of the same requests."""
     task = get_task(config.task)
     metrics = {m.name: {**estimate([r.scores[m.name] for r in results], m.kind).to_dict(),
-                        "kind": m.kind, "description": m.description} for m in task.METRICS}
+                        "kind": m.kind, "description": m.description} for m in task.metrics}
     errors: dict[str, dict[str, int]] = {}
-    for metric in task.METRICS:
+    for metric in task.metrics:
         counts: dict[str, int] = {}
         for result in results:
             kind = result.errors.get(metric.name)
@@ -223,7 +200,5 @@ def run_accuracy(config: AccuracyConfig, client_config: ClientConfig, out_dir: s
             cache.close()
     summary = summarise(config, client_config, results, duration)
     if out_dir is not None:
-        from eval.report_accuracy import write_accuracy_report
-
         write_accuracy_report(Path(out_dir), summary, results)
     return summary

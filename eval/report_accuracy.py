@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-if TYPE_CHECKING:
-    from eval.accuracy import ExampleResult
+from eval.accuracy_records import ExampleResult
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"

@@ -24,12 +24,17 @@ def structured_prompt(user_text: str) -> str:
 
 
 def chat_messages(
-    instruction: str,
+    instruction: str | None,
     user_text: str,
     shots: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, str]]:
-    """Chat-style messages: system instruction, optional (user, assistant) shots, the query."""
-    messages = [{"role": "system", "content": instruction}]
+    """Chat-style messages: system instruction, optional (user, assistant) shots, the query.
+
+    No system turn when `instruction` is None (e.g. a user's task without a system prompt).
+    """
+    messages: list[dict[str, str]] = []
+    if instruction is not None:
+        messages.append({"role": "system", "content": instruction})
     for shot_user, shot_answer in shots:
         messages.append({"role": "user", "content": shot_user})
         messages.append({"role": "assistant", "content": shot_answer})

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 PromptStyle = Literal["chat", "structured"]
 PROMPT_STYLES: tuple[str, ...] = ("chat", "structured")
+
+T = TypeVar("T")
 
 
 class DataFormatError(ValueError):
@@ -103,22 +105,39 @@ def require_text(row: RawRow, name: str) -> str:
     return value
 
 
-def examples_from_file(
-    path: str | Path, input_fields: Sequence[str], target_field: str, *, skip_bad_rows: bool = False
-) -> tuple[list[TaskExample], list[DataFormatError]]:
-    """Load (`examples`, `skipped errors`) from a task file; raise on the first bad row unless skipping."""
-    examples: list[TaskExample] = []
+def convert_rows(
+    path: str | Path, convert: Callable[[RawRow], T], *, skip_bad_rows: bool = False
+) -> tuple[list[T], list[DataFormatError]]:
+    """Read `path` and `convert` each row; returns (items, skipped errors).
+
+    A malformed row, or a `DataFormatError` raised by `convert`, stops the read unless
+    `skip_bad_rows`, in which case it is collected and the row left out.
+    """
+    items: list[T] = []
     errors: list[DataFormatError] = []
-    for item in read_rows(path):
+    for row in read_rows(path):
         try:
-            if isinstance(item, DataFormatError):
-                raise item
-            inputs = {name: require_text(item, name) for name in input_fields}
-            target = require_text(item, target_field)
+            if isinstance(row, DataFormatError):
+                raise row
+            items.append(convert(row))
         except DataFormatError as exc:
             if not skip_bad_rows:
                 raise
             errors.append(exc)
-            continue
-        examples.append(TaskExample(inputs=inputs, target=target, source=f"{item.path}:{item.line}"))
-    return examples, errors
+    return items, errors
+
+
+def examples_from_file(
+    path: str | Path, input_fields: Sequence[str], target_field: str, *, skip_bad_rows: bool = False
+) -> tuple[list[TaskExample], list[DataFormatError]]:
+    """Load (`examples`, `skipped errors`) from a task file.
+
+    Raises on the first bad row unless `skip_bad_rows`.
+    """
+
+    def example(row: RawRow) -> TaskExample:
+        inputs = {name: require_text(row, name) for name in input_fields}
+        target = require_text(row, target_field)
+        return TaskExample(inputs=inputs, target=target, source=f"{row.path}:{row.line}")
+
+    return convert_rows(path, example, skip_bad_rows=skip_bad_rows)

@@ -1,10 +1,10 @@
 """Per-example scores shared by every task scorer.
 
-A task module declares its metrics (`METRICS`) and returns one `ExampleScore` per
-prediction. A metric value is 1.0/0.0 for binary metrics, a float in [0, 1] for mean
-metrics, or None when the example cannot be scored for that metric (e.g. the gold SQL
-query itself does not execute): such examples are left out of that metric's denominator
-and counted separately.
+A task (`eval.tasks.task.Task`) declares its metrics (`metrics`) and returns one
+`ExampleScore` per prediction. A metric value is 1.0/0.0 for binary metrics, a float in
+[0, 1] for mean metrics, or None when the example cannot be scored for that metric (e.g.
+the gold SQL query itself does not execute): such examples are left out of that metric's
+denominator and counted separately.
 """
 
 from __future__ import annotations

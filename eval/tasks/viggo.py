@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from eval.tasks import prompting
-from eval.tasks.records import DataFormatError, TaskExample, examples_from_file
+from eval.tasks.records import DataFormatError, TaskExample
 from eval.tasks.scoring import ExampleScore, Metric
-
-NAME = "viggo"
-INPUT_FIELDS: tuple[str, ...] = ("ref",)
-TARGET_FIELD = "mr"
+from eval.tasks.task import Task
 
 FUNCTION_TYPES: tuple[str, ...] = (
     "inform", "request", "give_opinion", "confirm", "verify_attribute", "suggest",
@@ -23,50 +17,6 @@ ATTRIBUTES: tuple[str, ...] = (
     "name", "exp_release_date", "release_year", "developer", "esrb", "rating", "genres",
     "player_perspective", "has_multiplayer", "platforms", "available_on_steam",
     "has_linux_release", "has_mac_release", "specifier",
-)
-
-# The instruction of the reference study, so untuned chat baselines are prompted as there.
-INSTRUCTION = (
-    "Given a target sentence construct the underlying meaning representation of the input "
-    "sentence as a single function with attributes and attribute values. This function should "
-    "describe the target string accurately and the function must be one of the following "
-    f"{list(FUNCTION_TYPES)}. The attributes must be one of the following: {list(ATTRIBUTES)}. "
-    "Answer with the meaning representation only."
-)
-
-
-def load_examples(
-    path: str | Path, *, skip_bad_rows: bool = False
-) -> tuple[list[TaskExample], list[DataFormatError]]:
-    """Read a ViGGO CSV (columns ``mr``, ``ref``)."""
-    return examples_from_file(path, INPUT_FIELDS, TARGET_FIELD, skip_bad_rows=skip_bad_rows)
-
-
-def user_text(example: TaskExample) -> str:
-    """What the user says: the sentence to analyse."""
-    return example.inputs["ref"]
-
-
-def structured_prompt(example: TaskExample) -> str:
-    """Structured-style prompt for `example`."""
-    return prompting.structured_prompt(user_text(example))
-
-
-def chat_messages(example: TaskExample, shots: Sequence[TaskExample] = ()) -> list[dict[str, str]]:
-    """Chat-style messages for `example`, with optional few-shot examples."""
-    return prompting.chat_messages(
-        INSTRUCTION, user_text(example), [(user_text(s), s.target) for s in shots]
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Answer parser and scorer
-
-MAX_NEW_TOKENS = 128
-METRICS: tuple[Metric, ...] = (
-    Metric("exact_match", "binary", "whole meaning representation equal (whitespace-normalised)"),
-    Metric("function_type", "binary", "function type (inform, request, ...) equal"),
-    Metric("attribute_f1", "mean", "F1 over (attribute, value) pairs, order-insensitive"),
 )
 
 _FUNCTION_START = re.compile(r"\b(" + "|".join(sorted(FUNCTION_TYPES, key=len, reverse=True)) + r")\s*\(")
@@ -133,18 +83,50 @@ def attribute_f1(predicted: MeaningRepresentation | None, gold: MeaningRepresent
     return 2 * precision * recall / (precision + recall)
 
 
-def score(prediction: str, example: TaskExample) -> ExampleScore:
-    """Score a model output against the gold MR of `example`."""
-    gold = parse_mr(example.target)
-    if gold is None:
-        raise DataFormatError(example.source or "<example>", 0, f"gold MR does not parse: {example.target!r}")
-    predicted = parse_mr(prediction)
-    if predicted is None:
-        values = {"exact_match": 0.0, "function_type": 0.0, "attribute_f1": 0.0}
-        return ExampleScore(values=values, parsed=None, errors={m.name: "no_mr" for m in METRICS})
-    values = {
-        "exact_match": float(predicted.text == gold.text),
-        "function_type": float(predicted.function == gold.function),
-        "attribute_f1": attribute_f1(predicted, gold),
-    }
-    return ExampleScore(values=values, parsed=predicted.render())
+class ViggoTask(Task):
+    """ViGGO: the user turn is the sentence (``ref``), the target its meaning representation."""
+
+    name = "viggo"
+    input_fields = ("ref",)
+    target_field = "mr"
+    # The instruction of the reference study, so untuned chat baselines are prompted as there.
+    instruction = (
+        "Given a target sentence construct the underlying meaning representation of the input "
+        "sentence as a single function with attributes and attribute values. This function "
+        "should describe the target string accurately and the function must be one of the "
+        f"following {list(FUNCTION_TYPES)}. The attributes must be one of the following: "
+        f"{list(ATTRIBUTES)}. Answer with the meaning representation only."
+    )
+    max_new_tokens = 128
+    metrics = (
+        Metric("exact_match", "binary",
+               "whole meaning representation equal (whitespace-normalised)"),
+        Metric("function_type", "binary", "function type (inform, request, ...) equal"),
+        Metric("attribute_f1", "mean", "F1 over (attribute, value) pairs, order-insensitive"),
+    )
+
+    def parse(self, output: str) -> str | None:
+        """The first MR in `output`, rendered canonically; None when there is none."""
+        mr = parse_mr(output)
+        return mr.render() if mr else None
+
+    def score(self, prediction: str, example: TaskExample) -> ExampleScore:
+        """Score a model output against the gold MR of `example`."""
+        gold = parse_mr(example.target)
+        if gold is None:
+            raise DataFormatError(example.source or "<example>", 0,
+                                  f"gold MR does not parse: {example.target!r}")
+        predicted = parse_mr(prediction)
+        if predicted is None:
+            values = {"exact_match": 0.0, "function_type": 0.0, "attribute_f1": 0.0}
+            return ExampleScore(values=values, parsed=None,
+                                errors={m.name: "no_mr" for m in self.metrics})
+        values = {
+            "exact_match": float(predicted.text == gold.text),
+            "function_type": float(predicted.function == gold.function),
+            "attribute_f1": attribute_f1(predicted, gold),
+        }
+        return ExampleScore(values=values, parsed=predicted.render())
+
+
+TASK = ViggoTask()

@@ -8,19 +8,20 @@ import pytest
 from eval.accuracy import AccuracyConfig, AccuracyConfigError, run_accuracy
 from eval.client import ClientConfig
 from eval.compare import CompareError, run_compare
-from eval.tasks import sql, viggo
+from eval.tasks import get_task
 from tests.eval.fake_server import FakeBehaviour, run_fake_server
 
 REPO = Path(__file__).resolve().parents[2]
 VIGGO = REPO / "data/viggo/valid.csv"
 SQL = REPO / "data/sql/valid.jsonl"
+VIGGO_TASK, SQL_TASK = get_task("viggo"), get_task("sql")
 
 
 def test_structured_viggo_run_scores_served_answers(tmp_path):
-    examples, _ = viggo.load_examples(VIGGO)
+    examples, _ = VIGGO_TASK.load_examples(VIGGO)
     examples = examples[:10]
     # The server knows the gold MR of the first 7 prompts and says something wrong otherwise.
-    answers = {viggo.structured_prompt(e): e.target for e in examples[:7]}
+    answers = {VIGGO_TASK.structured_prompt(e): e.target for e in examples[:7]}
     behaviour = FakeBehaviour(answers=answers, default_answer="request(name[Nothing])")
     with run_fake_server(behaviour) as url:
         summary = run_accuracy(AccuracyConfig(task="viggo", data=VIGGO, limit=10),
@@ -40,9 +41,9 @@ def test_structured_viggo_run_scores_served_answers(tmp_path):
 
 
 def test_chat_few_shot_sends_shots_and_skips_them(tmp_path):
-    examples, _ = sql.load_examples(SQL)
+    examples, _ = SQL_TASK.load_examples(SQL)
     # Correct for examples 2 and 3 (0 and 1 are the shots), found by the last user message.
-    answers = {sql.user_text(e): f"```sql\n{e.target};\n```" for e in examples[2:4]}
+    answers = {SQL_TASK.user_text(e): f"```sql\n{e.target};\n```" for e in examples[2:4]}
     behaviour = FakeBehaviour(answers=answers, default_answer="I do not know")
     with run_fake_server(behaviour) as url:
         summary = run_accuracy(
@@ -80,11 +81,11 @@ def test_inconsistent_settings_are_rejected():
 
 
 def test_compare_pairs_runs_and_tests_with_mcnemar(tmp_path):
-    examples, _ = viggo.load_examples(VIGGO)
+    examples, _ = VIGGO_TASK.load_examples(VIGGO)
     examples = examples[:12]
     runs = []
     for name, right in (("base", examples[:2]), ("tuned", examples[:11])):
-        answers = {viggo.structured_prompt(e): e.target for e in right}
+        answers = {VIGGO_TASK.structured_prompt(e): e.target for e in right}
         with run_fake_server(FakeBehaviour(answers=answers, default_answer="x")) as url:
             run_accuracy(AccuracyConfig(task="viggo", data=VIGGO, limit=12),
                          ClientConfig(base_url=url, model=name), tmp_path / name, progress=False)

@@ -141,10 +141,10 @@ def prompt_fingerprint(task: str) -> str:
     if task not in TASK_NAMES:
         probe = prompting.structured_prompt("\x00probe")
         return hashlib.sha256(probe.encode()).hexdigest()
-    module = get_task(task)
-    example = TaskExample(inputs={name: f"\x00{name}" for name in module.INPUT_FIELDS},
+    spec = get_task(task)
+    example = TaskExample(inputs={name: f"\x00{name}" for name in spec.input_fields},
                           target="\x00target")
-    rendered = [module.structured_prompt(example), module.chat_messages(example, [example])]
+    rendered = [spec.structured_prompt(example), spec.chat_messages(example, [example])]
     return hashlib.sha256(json.dumps(rendered, sort_keys=True).encode()).hexdigest()
 
 

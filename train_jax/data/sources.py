@@ -1,7 +1,8 @@
 """Reading a data file into `Sample`s: the built-in tasks, prompt/completion rows, chat rows.
 
-Built-in tasks reuse `eval.tasks` (prompt text shared with evaluation); generic data is read
-with the same `file:line` error reporting (`eval.tasks.records`).
+Built-in tasks and prompt/completion rows are `eval.tasks.Task`s (prompt text shared with
+evaluation). Chat rows are read here: a multi-turn conversation is not a single-target task,
+so it has no `Task`; it gets the same `file:line` error reporting (`eval.tasks.records`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks import get_task, prompting
-from eval.tasks.records import DataFormatError, RawRow, read_rows, require_text
+from eval.tasks import get_task
+from eval.tasks.prompt_completion import PromptCompletionTask
+from eval.tasks.records import DataFormatError, RawRow, convert_rows
+from eval.tasks.task import Task
 from train_jax.data.config import DataConfig
 
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -40,56 +43,40 @@ def load_samples(path: str | Path, cfg: DataConfig) -> tuple[list[Sample], list[
     Raises `DataFormatError` (naming `file:line` and the field) on the first bad row unless
     `cfg.skip_bad_rows`.
     """
-    if cfg.task in ("jsonl", "chat"):
-        reader = _prompt_completion_sample if cfg.task == "jsonl" else _chat_sample
-        samples: list[Sample] = []
-        errors: list[DataFormatError] = []
-        for item in read_rows(path):
-            try:
-                if isinstance(item, DataFormatError):
-                    raise item
-                samples.append(reader(item, cfg))
-            except DataFormatError as exc:
-                if not cfg.skip_bad_rows:
-                    raise
-                errors.append(exc)
-        return samples, errors
-    return _task_samples(path, cfg)
+    if cfg.task == "chat":
+        return convert_rows(path, lambda row: _chat_sample(row, cfg),
+                            skip_bad_rows=cfg.skip_bad_rows)
+    return _task_samples(path, task_for(cfg), cfg.skip_bad_rows)
 
 
-def _task_samples(path: str | Path, cfg: DataConfig) -> tuple[list[Sample], list[DataFormatError]]:
-    task = get_task(cfg.task)
-    examples, errors = task.load_examples(path, skip_bad_rows=cfg.skip_bad_rows)
+def task_for(cfg: DataConfig) -> Task:
+    """The `Task` that reads and renders `cfg`'s rows (not for chat data, which has none)."""
+    if cfg.task == "chat":
+        raise ValueError("chat data (messages lists) is not a single-target task")
+    if cfg.task == "jsonl":
+        return PromptCompletionTask(prompt_field=cfg.prompt_field,
+                                    completion_field=cfg.completion_field,
+                                    system_prompt=cfg.system_prompt)
+    return get_task(cfg.task)
+
+
+def _task_samples(path: str | Path, task: Task,
+                  skip_bad_rows: bool) -> tuple[list[Sample], list[DataFormatError]]:
+    examples, errors = task.load_examples(path, skip_bad_rows=skip_bad_rows)
     samples = []
     for ex in examples:
-        messages = (*task.chat_messages(ex), {"role": "assistant", "content": ex.target})
+        target = task.target(ex)
+        messages = (*task.chat_messages(ex), {"role": "assistant", "content": target})
         samples.append(Sample(
             source=ex.source,
             messages=tuple(messages),
             prompt=task.structured_prompt(ex),
-            target=ex.target,
+            target=target,
             input_text=task.user_text(ex),
-            fields=(*((name, ex.inputs[name]) for name in task.INPUT_FIELDS),
-                    (task.TARGET_FIELD, ex.target)),
+            fields=(*((name, ex.inputs[name]) for name in task.input_fields),
+                    (task.target_field, ex.target)),
         ))
     return samples, errors
-
-
-def _prompt_completion_sample(row: RawRow, cfg: DataConfig) -> Sample:
-    prompt_text = require_text(row, cfg.prompt_field)
-    completion = require_text(row, cfg.completion_field)
-    messages = [{"role": "user", "content": prompt_text},
-                {"role": "assistant", "content": completion}]
-    if cfg.system_prompt:
-        messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-    return Sample(
-        source=f"{row.path}:{row.line}",
-        messages=tuple(messages),
-        prompt=prompting.structured_prompt(prompt_text),
-        target=completion,
-        input_text=prompt_text,
-        fields=((cfg.prompt_field, prompt_text), (cfg.completion_field, completion)),
-    )
 
 
 def _chat_sample(row: RawRow, cfg: DataConfig) -> Sample:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from train_jax.config.run_config import DataSource
 from train_jax.model.llama import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from eval.tasks.records import TaskExample
+    from eval.tasks.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ class TaskMetric:
         if data.task not in TASK_NAMES:
             raise ValueError(f"eval.task_samples needs a built-in task (one of {TASK_NAMES}); "
                              f"the first data source is {data.task!r}")
-        self.task = get_task(data.task)
+        self.task: Task = get_task(data.task)
         path = data.val_file or data.train_file  # without a val file: held-out rows unknown here
         examples, _ = self.task.load_examples(path, skip_bad_rows=True)
         self.examples = examples[:samples]
@@ -41,7 +45,7 @@ class TaskMetric:
             logger.warning("task metric on the first %d training rows (no data val_file)",
                            len(self.examples))
 
-    def _prompt_text(self, example: Any, style: str) -> str:
+    def _prompt_text(self, example: TaskExample, style: str) -> str:
         if style == "structured":
             return self.task.structured_prompt(example)
         return self.tokenizer.apply_chat_template(self.task.chat_messages(example),

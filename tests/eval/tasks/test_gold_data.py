@@ -20,10 +20,10 @@ DATA = Path(__file__).resolve().parents[3] / "data"
     ("sql", "sql/train.jsonl", 150),  # includes Spider joins and nested queries
 ])
 def test_gold_answers_score_full_marks(task, path, sample):
-    module = get_task(task)
-    examples, _ = module.load_examples(DATA / path)
+    spec = get_task(task)
+    examples, _ = spec.load_examples(DATA / path)
     if sample:
         examples = random.Random(0).sample(examples, sample)
     for example in examples:
-        result = module.score(example.target, example)
+        result = spec.score(example.target, example)
         assert all(v == 1.0 for v in result.values.values()), (example.source, result)

@@ -2,8 +2,10 @@
 
 import pytest
 
-from eval.tasks import sql, sql_exec
+from eval.tasks import get_task, sql, sql_exec
 from eval.tasks.records import TaskExample
+
+SQL = get_task("sql")
 
 PLAYERS = "CREATE TABLE players (name VARCHAR, school VARCHAR, no VARCHAR, points INTEGER)"
 SPIDER = ("CREATE TABLE station (id INTEGER, name TEXT, city TEXT, PRIMARY KEY (id)); "
@@ -25,7 +27,7 @@ def test_extract_sql_from_fences_prose_and_semicolons():
 
 def test_exact_match_ignores_case_and_spacing_of_keywords_and_identifiers():
     example = _example("SELECT name FROM players WHERE points > 10")
-    result = sql.score("select NAME from Players where points>10;", example)
+    result = SQL.score("select NAME from Players where points>10;", example)
     assert result.values == {"exact_match": 1.0, "execution_match": 1.0}
 
 
@@ -34,19 +36,19 @@ def test_different_text_same_rows_is_execution_match_only():
     for equivalent in ("SELECT name FROM players WHERE 10 < points",
                        "SELECT name FROM players WHERE points >= 11",
                        "SELECT p.name FROM players AS p WHERE NOT p.points <= 10"):
-        result = sql.score(equivalent, example)
+        result = SQL.score(equivalent, example)
         assert result.values == {"exact_match": 0.0, "execution_match": 1.0}, equivalent
 
 
 def test_count_forms_and_join_rewrites_agree():
     example = _example("SELECT count(*) FROM players WHERE school = 'vanderbilt'")
-    assert sql.score("SELECT COUNT(1) FROM players WHERE school = 'vanderbilt'",
+    assert SQL.score("SELECT COUNT(1) FROM players WHERE school = 'vanderbilt'",
                      example).values["execution_match"] == 1.0
     join = _example("SELECT T1.name FROM station AS T1 JOIN status AS T2 ON T1.id = T2.station_id "
                     "WHERE T2.bikes_available > 5", SPIDER)
     subquery = ("SELECT name FROM station, status WHERE station.id = status.station_id "
                 "AND status.bikes_available > 5")
-    assert sql.score(subquery, join).values["execution_match"] == 1.0
+    assert SQL.score(subquery, join).values["execution_match"] == 1.0
 
 
 @pytest.mark.parametrize("look_alike", [
@@ -58,24 +60,24 @@ def test_count_forms_and_join_rewrites_agree():
 ])
 def test_look_alike_queries_that_differ_do_not_match(look_alike):
     example = _example("SELECT name FROM players WHERE points > 10")
-    assert sql.score(look_alike, example).values["execution_match"] == 0.0
+    assert SQL.score(look_alike, example).values["execution_match"] == 0.0
 
 
 def test_string_literal_mismatch_and_count_variants_differ():
     example = _example("SELECT name FROM players WHERE school = 'vanderbilt'")
-    assert sql.score("SELECT name FROM players WHERE school = 'Vanderbilt'",
+    assert SQL.score("SELECT name FROM players WHERE school = 'Vanderbilt'",
                      example).values["execution_match"] == 0.0
     counted = _example("SELECT count(*) FROM players")
     # The synthetic rows include NULLs, so COUNT(column) and COUNT(*) differ.
-    assert sql.score("SELECT count(school) FROM players", counted).values["execution_match"] == 0.0
+    assert SQL.score("SELECT count(school) FROM players", counted).values["execution_match"] == 0.0
 
 
 def test_order_matters_only_when_gold_orders():
     unordered = _example("SELECT name FROM players WHERE points > 3")
-    assert sql.score("SELECT name FROM players WHERE points > 3 ORDER BY name DESC",
+    assert SQL.score("SELECT name FROM players WHERE points > 3 ORDER BY name DESC",
                      unordered).values["execution_match"] == 1.0
     ordered = _example("SELECT name FROM players ORDER BY points ASC, name ASC")
-    assert sql.score("SELECT name FROM players ORDER BY points DESC, name DESC",
+    assert SQL.score("SELECT name FROM players ORDER BY points DESC, name DESC",
                      ordered).values["execution_match"] == 0.0
 
 
@@ -86,25 +88,25 @@ def test_order_matters_only_when_gold_orders():
     ("SELECT name FROM players WHERE school = 'x", "syntax_error"),
 ])
 def test_unparsable_or_failing_sql_is_wrong_and_counted_by_kind(prediction, kind):
-    result = sql.score(prediction, _example("SELECT name FROM players"))
+    result = SQL.score(prediction, _example("SELECT name FROM players"))
     assert result.values["execution_match"] == 0.0
     assert result.errors["execution_match"] == kind
 
 
 def test_unparsable_prediction_is_a_parse_error_for_exact_match():
-    result = sql.score("SELECT name FROM players WHERE", _example("SELECT name FROM players"))
+    result = SQL.score("SELECT name FROM players WHERE", _example("SELECT name FROM players"))
     assert result.values["exact_match"] == 0.0
     assert result.errors["exact_match"] == "parse_error"
 
 
 def test_no_sql_in_output():
-    result = sql.score("Sorry, I cannot help.", _example("SELECT name FROM players"))
+    result = SQL.score("Sorry, I cannot help.", _example("SELECT name FROM players"))
     assert result.values == {"exact_match": 0.0, "execution_match": 0.0}
     assert result.errors == {"exact_match": "no_sql", "execution_match": "no_sql"}
 
 
 def test_gold_that_fails_is_not_scorable_for_execution():
-    result = sql.score("SELECT name FROM players", _example("SELECT nope FROM players"))
+    result = SQL.score("SELECT name FROM players", _example("SELECT nope FROM players"))
     assert result.values["execution_match"] is None
     assert result.errors["execution_match"] == "gold_execution_error"
 

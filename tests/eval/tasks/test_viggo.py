@@ -2,8 +2,10 @@
 
 import pytest
 
-from eval.tasks import viggo
+from eval.tasks import get_task, viggo
 from eval.tasks.records import TaskExample
+
+VIGGO = get_task("viggo")
 
 GOLD = "give_opinion(name[SpellForce 3], release_year[2017], developer[Grimlore Games], rating[poor])"
 
@@ -13,14 +15,14 @@ def _example(target: str = GOLD) -> TaskExample:
 
 
 def test_identical_output_scores_full_marks():
-    assert viggo.score(GOLD, _example()).values == {
+    assert VIGGO.score(GOLD, _example()).values == {
         "exact_match": 1.0, "function_type": 1.0, "attribute_f1": 1.0}
 
 
 def test_whitespace_and_surrounding_prose_are_ignored():
     prediction = "Here it is:\n give_opinion( name[SpellForce 3],release_year[2017], " \
                  "developer[Grimlore  Games], rating[poor] )\nThanks"
-    result = viggo.score(prediction, _example())
+    result = VIGGO.score(prediction, _example())
     assert result.values["exact_match"] == 1.0
     assert result.parsed == GOLD
 
@@ -28,14 +30,14 @@ def test_whitespace_and_surrounding_prose_are_ignored():
 def test_attribute_order_counts_for_exact_match_but_not_for_f1():
     swapped = "give_opinion(name[SpellForce 3], rating[poor], release_year[2017], " \
               "developer[Grimlore Games])"
-    result = viggo.score(swapped, _example())
+    result = VIGGO.score(swapped, _example())
     assert result.values == {"exact_match": 0.0, "function_type": 1.0, "attribute_f1": 1.0}
 
 
 def test_partial_attributes_give_partial_f1():
     # 2 of 2 predicted are right (precision 1), 2 of 4 gold found (recall 0.5): F1 = 2/3.
     prediction = "inform(name[SpellForce 3], rating[poor])"
-    result = viggo.score(prediction, _example())
+    result = VIGGO.score(prediction, _example())
     assert result.values["exact_match"] == 0.0
     assert result.values["function_type"] == 0.0
     assert result.values["attribute_f1"] == pytest.approx(2 / 3)
@@ -44,7 +46,7 @@ def test_partial_attributes_give_partial_f1():
 def test_wrong_value_is_a_wrong_pair():
     prediction = "give_opinion(name[SpellForce 3], release_year[2018], " \
                  "developer[Grimlore Games], rating[poor])"
-    assert viggo.score(prediction, _example()).values["attribute_f1"] == pytest.approx(0.75)
+    assert VIGGO.score(prediction, _example()).values["attribute_f1"] == pytest.approx(0.75)
 
 
 def test_values_with_commas_parse_as_one_attribute():
@@ -61,7 +63,7 @@ def test_longest_function_name_wins():
 
 
 def test_no_mr_in_output_is_wrong_with_error_kind():
-    result = viggo.score("I am not sure what you mean.", _example())
+    result = VIGGO.score("I am not sure what you mean.", _example())
     assert result.values == {"exact_match": 0.0, "function_type": 0.0, "attribute_f1": 0.0}
     assert result.parsed is None
     assert result.errors["exact_match"] == "no_mr"
@@ -73,4 +75,4 @@ def test_unclosed_mr_does_not_parse():
 
 def test_unparsable_gold_raises_naming_the_source():
     with pytest.raises(ValueError, match="t.csv:2"):
-        viggo.score(GOLD, _example(target="not an mr"))
+        VIGGO.score(GOLD, _example(target="not an mr"))

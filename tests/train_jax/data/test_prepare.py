@@ -51,9 +51,10 @@ def test_same_inputs_reuse_the_directory_and_changes_rebuild(tmp_path, bytelevel
                     tmp_path / "out", progress=False)
     assert builds == [1]
     # Edited prompt text in eval.tasks (shared with evaluation) invalidates the cache too.
-    from eval.tasks import viggo
+    from eval.tasks import get_task
 
-    monkeypatch.setattr(viggo, "INSTRUCTION", viggo.INSTRUCTION + " Be exact.")
+    viggo = get_task("viggo")
+    monkeypatch.setattr(viggo, "instruction", viggo.instruction + " Be exact.")
     prepare_dataset(DataConfig(**{**cfg.to_dict(), "max_length": 384}), bytelevel_tokenizer,
                     tmp_path / "out", progress=False)
     assert builds == [1, 1]

@@ -1,0 +1,39 @@
+"""Records of an accuracy run, shared by the suite (`eval.accuracy`) and its report files.
+
+Kept apart from both so the report reads plain records and never imports the suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eval.client import Prompt, RequestOutcome
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    """One evaluated example: what was sent, what came back, how it scored.
+
+    `primary_metric` names the score that says whether the answer is right (``correct``).
+    """
+
+    index: int
+    source: str
+    prompt: Prompt
+    prediction: str
+    gold: str
+    parsed: str | None
+    scores: dict[str, float | None]
+    errors: dict[str, str]
+    outcome: RequestOutcome
+    primary_metric: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The examples.jsonl line of this example (latency without the repeated text)."""
+        latency = self.outcome.to_dict()
+        latency.pop("text")
+        return {"index": self.index, "source": self.source, "prompt": self.prompt,
+                "prediction": self.prediction, "gold": self.gold, "parsed": self.parsed,
+                "scores": self.scores, "correct": self.scores.get(self.primary_metric),
+                "errors": self.errors, "request": latency}
