@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +51,7 @@ def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = N
         finally:
             await _shutdown(state, engine)
 
-    app = FastAPI(title="jaxtune serve", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="jaxtune serve", version=version("jaxtune"), lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     install_exception_handlers(app)

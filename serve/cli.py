@@ -8,7 +8,6 @@ from pathlib import Path
 
 from serve.settings import (
     API_KEY_ENV,
-    DTYPES,
     LoraSource,
     ModelSource,
     ServeConfigError,
@@ -17,8 +16,19 @@ from serve.settings import (
     check_model_dir,
     resolve_api_key,
 )
+from serve.settings_flags import Flag, add_flags, flag_values, flags_of
 
 logger = logging.getLogger(__name__)
+
+# The `ServeSettings` fields set by the hand-written flags below: the model list and adapters
+# are built from several flags, the API key also comes from the environment. Every other field
+# is a flag generated from the field, its default and help written only in `ServeSettings`.
+HAND_WRITTEN_FIELDS = ("models", "loras", "api_key")
+
+
+def settings_flags() -> list[Flag]:
+    """The flags generated from `ServeSettings`."""
+    return flags_of(ServeSettings, exclude=HAND_WRITTEN_FIELDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,33 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="NAME=DIR",
                         help="serve a PEFT LoRA adapter on top of --model under NAME; "
                              "repeatable")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on /v1/* "
                                           f"(default: ${API_KEY_ENV} if set, else no auth)")
-    parser.add_argument("--max-in-flight", type=int, default=256,
-                        help="generation requests served at once; more get 429 (default 256)")
-    parser.add_argument("--max-n", type=int, default=8, help="largest 'n' accepted (default 8)")
-    parser.add_argument("--max-model-len", type=int,
-                        help="context length (default: the model's)")
-    parser.add_argument("--max-num-seqs", type=int,
-                        help="sequences vLLM batches at once (default: vLLM's)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="weight/activation dtype (default: the checkpoint's)")
-    parser.add_argument("--kv-cache-gib", type=float,
-                        help="KV cache size per model in GiB (default: from --memory-fraction)")
-    parser.add_argument("--memory-fraction", type=float, default=0.9,
-                        help="vLLM gpu_memory_utilization; on CPU a fraction of RAM "
-                             "(default 0.9)")
-    parser.add_argument("--enforce-eager", action="store_true",
-                        help="skip torch.compile / CUDA graphs (faster start, slower decode)")
-    parser.add_argument("--max-lora-rank", type=int, default=16,
-                        help="largest LoRA rank accepted (default 16)")
-    parser.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="seconds to let in-flight requests finish on shutdown before "
-                             "aborting them (default 30)")
-    parser.add_argument("--log-prompts", action="store_true",
-                        help="include prompt text in the per-request log line")
+    add_flags(parser, settings_flags())
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, Path]]:
@@ -80,14 +66,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
                for name, path in _pairs(args.extra_model, "--extra-model")]
     loras = [LoraSource(name, check_lora_dir(path), base=main_name)
              for name, path in _pairs(args.lora, "--lora")]
-    return ServeSettings(
-        models=tuple(models), loras=tuple(loras), host=args.host, port=args.port,
-        api_key=resolve_api_key(args.api_key), max_in_flight=args.max_in_flight,
-        max_n=args.max_n, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        dtype=args.dtype, kv_cache_gib=args.kv_cache_gib,
-        memory_fraction=args.memory_fraction, enforce_eager=args.enforce_eager,
-        max_lora_rank=args.max_lora_rank, log_prompts=args.log_prompts,
-        drain_timeout_s=args.drain_timeout)
+    return ServeSettings(models=tuple(models), loras=tuple(loras),
+                         api_key=resolve_api_key(args.api_key),
+                         **flag_values(args, settings_flags()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+# Why a sequence ended; the HTTP layer reports it to clients as is.
 FinishReason = Literal["stop", "length", "abort"]
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FinishReason = Literal["stop", "length", "abort"]
+from serve.engine import FinishReason
 
 
 def new_id(prefix: str) -> str:

@@ -72,14 +72,10 @@ def build_sampling(
     if any(s == "" for s in stops):
         raise InvalidRequestError("'stop' sequences must not be empty strings", param="stop",
                                   code="invalid_value")
-    options = SamplingOptions(
-        max_tokens=effective,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        seed=request.seed,
-        stop=stops,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        ignore_eos=bool(request.ignore_eos),
-    )
+    # A field the request leaves out (None) keeps the default `SamplingOptions` gives it.
+    given = {"temperature": request.temperature, "top_p": request.top_p,
+             "presence_penalty": request.presence_penalty,
+             "frequency_penalty": request.frequency_penalty, "ignore_eos": request.ignore_eos}
+    options = SamplingOptions(max_tokens=effective, seed=request.seed, stop=stops,
+                              **{k: v for k, v in given.items() if v is not None})
     return options, n

@@ -6,12 +6,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 API_KEY_ENV = "JAXTUNE_API_KEY"
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
@@ -44,25 +44,42 @@ class ServeSettings:
     `models[0]` is the primary model; LoRA adapters attach to the base they name.
     `kv_cache_gib` and `memory_fraction` bound the memory of each vLLM engine (on CPU
     `memory_fraction` is vLLM's `gpu_memory_utilization`, a fraction of RAM).
+    Every field but `models`, `loras` and `api_key` is a `jaxtune serve` flag generated from
+    the field (`serve.settings_flags`): its default and help text are written here only.
     """
 
     models: tuple[ModelSource, ...]
     loras: tuple[LoraSource, ...] = ()
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = field(default="127.0.0.1", metadata={"help": "bind address"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
     api_key: str | None = field(default=None, repr=False)
-    max_in_flight: int = 256
-    max_n: int = 8
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    dtype: Dtype = "auto"
-    kv_cache_gib: float | None = None
-    memory_fraction: float = 0.9
-    enforce_eager: bool = False
-    max_lora_rank: int = 16
-    max_loras: int = 4
-    log_prompts: bool = False
-    drain_timeout_s: float = 30.0
+    max_in_flight: int = field(
+        default=256, metadata={"help": "generation requests served at once; more get 429"})
+    max_n: int = field(default=8, metadata={"help": "largest 'n' (choices per request) accepted"})
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "context length: prompt + output tokens",
+                                "default_text": "the model's"})
+    max_num_seqs: int | None = field(
+        default=None, metadata={"help": "sequences vLLM batches at once",
+                                "default_text": "vLLM's"})
+    dtype: Dtype = field(
+        default="auto", metadata={"help": "weight/activation dtype; auto: the checkpoint's"})
+    kv_cache_gib: float | None = field(
+        default=None, metadata={"help": "KV cache size per model in GiB",
+                                "default_text": "from --memory-fraction"})
+    memory_fraction: float = field(
+        default=0.9, metadata={"help": "vLLM gpu_memory_utilization; on CPU a fraction of RAM"})
+    enforce_eager: bool = field(
+        default=False,
+        metadata={"help": "skip torch.compile / CUDA graphs (faster start, slower decode)"})
+    max_lora_rank: int = field(default=16, metadata={"help": "largest LoRA rank accepted"})
+    max_loras: int = field(
+        default=4, metadata={"help": "LoRA adapters a base model's engine batches at once"})
+    log_prompts: bool = field(
+        default=False, metadata={"help": "include prompt text in the per-request log line"})
+    drain_timeout_s: float = field(
+        default=30.0, metadata={"help": "seconds to let in-flight requests finish on shutdown "
+                                        "before aborting them", "flag": "--drain-timeout"})
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -20,6 +20,7 @@ from serve.engine import (
     ChatTemplateRenderError,
     EngineLoad,
     EngineUnavailableError,
+    FinishReason,
     GenerationDelta,
     GenerationRequest,
     ModelCard,
@@ -237,7 +238,8 @@ class VllmEngine:
         gc.collect()
 
 
-def _finish_reason(reason: str | None) -> Any:
+def _finish_reason(reason: str | None) -> FinishReason | None:
+    """Ours for vLLM's: any reason but "stop" and "length" (abort, error, ...) is an abort."""
     if reason is None:
         return None
     return reason if reason in ("stop", "length") else "abort"

@@ -10,10 +10,10 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from infra.pipeline.server_process import free_port
 from serve.app import create_app
 from serve.engine import ModelCard
 from serve.fake_engine import FakeEngine
-from infra.pipeline.server_process import free_port
 from serve.settings import ModelSource, ServeSettings
 
 FAKE_MODEL = "fake"

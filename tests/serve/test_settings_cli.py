@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from infra.cli import main as jaxtune_main
-from serve.cli import add_arguments, settings_from_args
+from serve.cli import HAND_WRITTEN_FIELDS, add_arguments, settings_from_args
 from serve.settings import API_KEY_ENV, LoraSource, ModelSource, ServeConfigError, ServeSettings
 
 
@@ -25,10 +26,45 @@ def make_lora_dir(path: Path) -> Path:
     return path
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return serve_parser().parse_args(argv)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "SERVING.md"
+# Flags that docs, the demo, the launchers and the benchmarks pass: their names must not change.
+KNOWN_FLAGS = ("--model", "--name", "--extra-model", "--lora", "--host", "--port", "--api-key",
+               "--max-in-flight", "--max-n", "--max-model-len", "--max-num-seqs", "--dtype",
+               "--kv-cache-gib", "--memory-fraction", "--enforce-eager", "--max-lora-rank",
+               "--drain-timeout", "--log-prompts")
+
+
+def test_every_settings_field_is_a_documented_flag():
+    actions = {a.dest: a for a in serve_parser()._actions}
+    for f in dataclasses.fields(ServeSettings):
+        if f.name in HAND_WRITTEN_FIELDS:
+            continue
+        assert f.name in actions, f"ServeSettings.{f.name} has no `jaxtune serve` flag"
+        assert actions[f.name].option_strings and actions[f.name].help, f.name
+
+
+def test_generated_flags_default_to_the_settings_defaults(tmp_path):
+    args = parse(["--model", str(tmp_path)])
+    for f in dataclasses.fields(ServeSettings):
+        if f.name not in HAND_WRITTEN_FIELDS:
+            assert getattr(args, f.name) == f.default, f.name
+
+
+def test_flag_names_are_stable_and_listed_in_the_docs():
+    names = {s for a in serve_parser()._actions for s in a.option_strings} - {"-h", "--help"}
+    assert set(KNOWN_FLAGS) <= names
+    docs = DOCS.read_text()
+    assert [n for n in sorted(names) if f"`{n}" not in docs] == []
 
 
 def test_flags_build_settings(tmp_path, monkeypatch):
@@ -38,12 +74,14 @@ def test_flags_build_settings(tmp_path, monkeypatch):
     lora = make_lora_dir(tmp_path / "viggo-lora")
     args = parse(["--model", str(base), "--extra-model", f"sql={merged}",
                   "--lora", f"viggo={lora}", "--port", "9001", "--max-in-flight", "7",
-                  "--kv-cache-gib", "0.5", "--dtype", "bfloat16", "--log-prompts"])
+                  "--kv-cache-gib", "0.5", "--dtype", "bfloat16", "--log-prompts",
+                  "--drain-timeout", "5", "--max-model-len", "64"])
     s = settings_from_args(args)
     assert s.models == (ModelSource("smollm2", base), ModelSource("sql", merged))
     assert s.loras == (LoraSource("viggo", lora, base="smollm2"),)
     assert (s.port, s.max_in_flight, s.kv_cache_gib, s.dtype) == (9001, 7, 0.5, "bfloat16")
-    assert s.log_prompts and s.api_key is None
+    assert (s.drain_timeout_s, s.max_model_len, s.max_num_seqs) == (5.0, 64, None)
+    assert s.log_prompts and not s.enforce_eager and s.api_key is None
 
 
 def test_api_key_flag_and_env(tmp_path, monkeypatch):
