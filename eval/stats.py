@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,6 +15,10 @@ from eval.tasks.scoring import MetricKind
 
 Z_95 = 1.959963984540054
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+# scipy >= 1.15 seeds `bootstrap` with `rng`; older releases (pyproject allows 1.11) only
+# with `random_state`; both accept a seeded Generator.
+_SEED_KEYWORD = ("rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters
+                 else "random_state")
 
 
 @dataclass(frozen=True)
@@ -36,29 +41,36 @@ class MetricEstimate:
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (sane at 0/n and n/n, unlike Wald)."""
+    """Wilson score interval of a binomial proportion (sane at 0/n and n/n, unlike Wald).
+
+    scipy's `binomtest(...).proportion_ci(method="wilson")` at the two-sided confidence level
+    of `z` (its bounds are exactly 0 at 0/n and 1 at n/n); (0, 1) when n == 0, where scipy
+    raises.
+    """
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Exact bounds at the edges (floating point leaves ~1e-17 there otherwise).
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
+    confidence = math.erf(z / math.sqrt(2))  # two-sided: P(|Z| < z)
+    ci = scipy_stats.binomtest(successes, n).proportion_ci(confidence_level=confidence,
+                                                          method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap_interval(values: Sequence[float], *, resamples: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean (seeded, so reports are reproducible)."""
+    """Percentile bootstrap 95% interval of the mean (seeded, so reports are reproducible).
+
+    scipy's `bootstrap` with `method="percentile"`: BCa, its default, warns and gives nan when
+    every value is equal (a common case: all scores 0 or all 1), where the percentile interval
+    is that value. (0, 1) when empty; the value itself for one value, which scipy refuses.
+    """
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         return 0.0, 1.0
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    if data.size == 1:
+        return float(data[0]), float(data[0])
+    result = scipy_stats.bootstrap((data,), np.mean, n_resamples=resamples, method="percentile",
+                                   **{_SEED_KEYWORD: np.random.default_rng(seed)})
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def estimate(values: Sequence[float | None], kind: MetricKind) -> MetricEstimate:

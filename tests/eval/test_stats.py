@@ -19,6 +19,26 @@ def test_wilson_at_the_edges_stays_inside_0_1_and_is_not_degenerate():
     assert high == 1.0 and 0.8 < low < 0.9
 
 
+def test_wilson_with_no_examples_is_the_whole_range():
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_bootstrap_edge_cases_keep_the_percentile_interval(recwarn):
+    assert stats.bootstrap_interval([]) == (0.0, 1.0)
+    assert stats.bootstrap_interval([0.25]) == (0.25, 0.25)
+    # All equal (every score 0, or 1): the interval is the value; BCa would warn and give nan.
+    assert stats.bootstrap_interval([1.0] * 7) == (1.0, 1.0)
+    assert not recwarn.list
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    values = [0.1 * (i % 7) for i in range(40)]
+    low, high = stats.bootstrap_interval(values, seed=3)
+    assert low < sum(values) / len(values) < high
+    assert stats.bootstrap_interval(values, seed=3) == (low, high)
+    assert stats.bootstrap_interval(values, seed=4) != (low, high)
+
+
 def test_estimate_skips_unscorable_and_picks_method():
     binary = stats.estimate([1.0, 0.0, None, 1.0], "binary")
     assert (binary.value, binary.n, binary.n_unscorable, binary.method) == (2 / 3, 3, 1, "wilson")

@@ -1,8 +1,8 @@
 """Read the arrays of an orbax pytree item into host memory with tensorstore directly.
 
-Orbax's own restore of a 135M model's 272 arrays spends ~0.15 s in Python and asyncio per-array
-work (handler dispatch, an event loop per call, a future per array), several times what
-tensorstore needs to read the bytes. This reader opens the same arrays with the tensorstore
+Orbax's own restore spends most of its time on per-array Python and asyncio work (handler
+dispatch, an event loop per call, a future per array), several times what tensorstore needs to
+read the bytes (docs/BENCHMARKS.md#export). This reader opens the same arrays with the tensorstore
 specs orbax builds for them (`ocp.type_handlers.get_json_tspec_read`, orbax's tensorstore
 context), with the data files memory-mapped, and reads each into a buffer the caller chooses:
 all of them into one buffer (`read_all`), or one at a time into reused buffers while earlier
@@ -134,7 +134,8 @@ def open_item(item_dir: str | Path) -> StoredArrays | None:
 
 def _spec_builder(item_dir: Path, use_ocdbt: bool, use_zarr3: bool, context: ts.Context):
     # Orbax's read spec of one array, with the array's name swapped into the kvstore path: building
-    # each of 272 specs through orbax's ParamInfo costs ~15 ms of protocol isinstance checks.
+    # every spec through orbax's ParamInfo is mostly protocol isinstance checks
+    # (docs/BENCHMARKS.md#export).
     def orbax_spec(name: str) -> dict[str, Any]:
         info = ocp.type_handlers.ParamInfo(name=name, parent_dir=epath.Path(item_dir), use_zarr3=use_zarr3,
                                            is_ocdbt_checkpoint=use_ocdbt, ts_context=context)

@@ -129,9 +129,9 @@ def restore_params(ckpt_dir: str | Path, step: int | None = None,
 def open_params(ckpt_dir: str | Path, step: int | None = None) -> StoredArrays | None:
     """The arrays of a step's `params` item opened for reading into host memory, or None.
 
-    Keys are the flat paths of the params tree (`names.flatten`). Orbax's restore costs ~0.15 s
-    of per-array Python and asyncio work on a 135M model; tensorstore reads the same files in a
-    fraction of that (`train_jax.checkpoint.host_read`). None when that reader does not handle
+    Keys are the flat paths of the params tree (`names.flatten`). Orbax's restore is dominated by
+    per-array Python and asyncio work; tensorstore reads the same files in a fraction of that
+    (`train_jax.checkpoint.host_read`, docs/BENCHMARKS.md#export). None when that reader does not handle
     the item (restore it with `restore_params`, which then goes through orbax).
     """
     step = resolve_step(ckpt_dir, step)

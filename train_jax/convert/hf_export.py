@@ -162,11 +162,11 @@ def _hf_pieces(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckp
     # into reused buffers while the caller writes: numpy's copies and the write() calls release
     # the GIL, so on two cores the conversion overlaps the writes. (Two converting threads are
     # slower here: the transposes then compete with each other and with the write for the same
-    # memory bandwidth.) Reused buffers also stay mapped: fresh arrays cost ~30% more in
-    # first-touch page faults. A weight already in HF layout and dtype whose source outlives
-    # the export (an array in memory, a memory-mapped stored array) needs no conversion: it is
-    # written from its source, a slice at a time whenever no converted weight is ready, so the
-    # writer never idles while the worker transposes.
+    # memory bandwidth.) Reused buffers also stay mapped: fresh arrays would pay first-touch
+    # page faults (docs/BENCHMARKS.md#export). A weight already in HF layout and dtype whose
+    # source outlives the export (an array in memory, a memory-mapped stored array) needs no
+    # conversion: it is written from its source, a slice at a time whenever no converted weight
+    # is ready, so the writer never idles while the worker transposes.
     stored = isinstance(arrays, ckpt.StoredArrays)
     sources = (_read_ahead(order, arrays) if stored else
                ((np.ascontiguousarray(arrays[weight.path]), True) for weight in order))
@@ -228,7 +228,8 @@ def _hf_pieces(order: Sequence[HFWeight], arrays: Mapping[names.Path, Any] | ckp
         worker.join()
 
 
-_SLICE_BYTES = 1 << 20  # ~0.2 ms of writing: the writer looks for converted weights this often
+# A short write, so that the writer looks for converted weights often (docs/BENCHMARKS.md#export).
+_SLICE_BYTES = 1 << 20
 
 
 def _next_slice(unconverted: deque[tuple[str, np.ndarray, int]]) -> tuple[str, int, np.ndarray]:
@@ -282,7 +283,8 @@ def _to_hf_layout(array: np.ndarray, weight: HFWeight, out: np.ndarray) -> None:
         out[...] = array
         return
     # Blocks of source rows: each block's transpose writes 32 contiguous elements per output
-    # row, which numpy does ~25% faster than one whole-array strided copy.
+    # row, which numpy does faster than one whole-array strided copy or other block shapes
+    # (docs/BENCHMARKS.md#export, "Transposes by other means").
     for start in range(0, array.shape[0], _TRANSPOSE_ROWS):
         out[:, start:start + _TRANSPOSE_ROWS] = array[start:start + _TRANSPOSE_ROWS].T
 

@@ -1,9 +1,9 @@
 """Grouped-query softmax attention with a hand-written backward pass.
 
 The forward pass is `jax.nn.dot_product_attention(q, k, v, mask=mask)` written out: explicit
-(batch, head) transposes, both products accumulated in float32, softmax in float32. On
-XLA:CPU that took an attention layer's forward + backward on SmolLM2-135M from 27 to 17 ms in
-bf16 (docs/BENCHMARKS.md#training).
+(batch, head) transposes, both products accumulated in float32, softmax in float32, which
+XLA:CPU runs faster than the library call (docs/BENCHMARKS.md#training, "The first
+hand-written ops").
 
 The backward pass is the textbook one. It is written by hand for the two products that
 contract over the query positions, dK = dS^T Q and dV = P^T dO: autodiff forms them by
@@ -62,8 +62,9 @@ def _rotate_and_split(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array
     """RoPE on q and k, returned as (B, K, G, T, H) query groups and (B, K, S, H) keys.
 
     The rotation is applied after the transposes and its gradient before them: XLA:CPU fuses
-    an elementwise op that feeds a transpose into one kernel writing in transposed order, which
-    took 1.1 ms for SmolLM2's q against 0.17 ms for the transpose followed by the rotation.
+    an elementwise op that feeds a transpose into one kernel writing in transposed order, far
+    slower than the transpose followed by the rotation (docs/BENCHMARKS.md#training, "RoPE
+    after the head split").
     """
     groups, keys = _query_groups(q, k.shape[2]), _heads_first(k)
     cos_t, sin_t = cos.transpose(0, 2, 1, 3), sin.transpose(0, 2, 1, 3)  # (B, 1, T, H)
@@ -121,8 +122,8 @@ def _backward(residuals: tuple[jax.Array, ...], d_o: jax.Array
     d_probs = jnp.einsum("bkgth,bksh->bkgts", d_o, values, preferred_element_type=jnp.float32)
     # Softmax backward, dS = P (dP - rowsum(dP P)). The row sum is dO . O, since
     # sum_s P_s (dO . V_s) = dO . sum_s P_s V_s (as in FlashAttention): a reduction over H
-    # instead of over the (T, S) scores, and dS in one pass. The bf16 SmolLM2 train step took
-    # 1.381 s against 1.412 s (docs/BENCHMARKS.md#training). Masked positions have p = 0 and
+    # instead of over the (T, S) scores, and dS in one pass (docs/BENCHMARKS.md#training,
+    # "Attention backward: the softmax row sum as dO . O"). Masked positions have p = 0 and
     # so get no gradient.
     row = jnp.sum(d_o.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_scores = probs.astype(jnp.float32) * (d_probs - row) * (1.0 / math.sqrt(h))

@@ -7,10 +7,9 @@ float32 and is rounded to the input dtype once.
 
 Why not let autodiff derive them: on XLA:CPU, the derived backward of a SwiGLU MLP fuses the
 transposition of dY into the elementwise kernel that produces it, and that transposed write
-ran at a fraction of memory speed (a 6 MB fusion took 19 ms, as long as two of the block's
-matmuls). Written this way, the products keep the layouts XLA's dot kernels take directly; on
-SmolLM2-135M the MLP's forward + backward went from 5.4x to 3.6x its forward time
-(docs/BENCHMARKS.md#training). The values are the same products autodiff would form.
+ran at a fraction of memory speed. Written this way, the products keep the layouts XLA's dot
+kernels take directly (docs/BENCHMARKS.md#training, "The first hand-written ops"). The values
+are the same products autodiff would form.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 
 def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
     # Accumulate in float32 whatever the inputs: with bfloat16 inputs XLA:CPU then takes its
-    # bf16 dot-product kernels (avx512_bf16: 740-760 GFLOP/s on a 2-core Zen 4, against 270-390
-    # for a bf16 result), and TPUs and GPUs accumulate bf16 products in float32 anyway.
+    # fast bf16 dot-product kernels (avx512_bf16), which a bf16 result does not get
+    # (docs/BENCHMARKS.md#training), and TPUs and GPUs accumulate bf16 products in float32 anyway.
     out = jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
                               preferred_element_type=jnp.float32)
     return out.astype(dtype)
@@ -32,10 +31,10 @@ def _weight_grad(x: jax.Array, dy: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """(in, out) = X^T dY, contracting every leading (batch, time) position at once."""
     # X^T is materialised, feature dimension first, so that the product contracts the last
     # dimension of its left operand. Contracting X's leading dimension instead, XLA:CPU's
-    # bf16 kernels (YNNPACK) refuse the product and it runs upcast to float32 at a third of
-    # the speed (SmolLM2 MLP shapes: 8.9 -> 2.6-4.1 ms). X must keep its (batch, time)
-    # dimensions here: a 2-D transpose is folded into the product as a layout change, and
-    # the product is refused again.
+    # bf16 kernels (YNNPACK) refuse the product and it runs upcast to float32, far slower
+    # (docs/BENCHMARKS.md#training, "Every product on XLA:CPU's bf16 kernels"). X must keep
+    # its (batch, time) dimensions here: a 2-D transpose is folded into the product as a
+    # layout change, and the product is refused again.
     x3 = x if x.ndim >= 3 else x[None]
     dy3 = dy if dy.ndim >= 3 else dy[None]
     lead = tuple(range(x3.ndim - 1))

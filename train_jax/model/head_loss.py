@@ -17,13 +17,12 @@ gradient over its leading dimension, a layout XLA:CPU's fast dot kernels refuse.
 - The logits are laid out (batch, time, vocab). Every product then contracts the last dimension
   of its left operand, the layout XLA:CPU's fast dot kernels (YNNPACK) take, and the softmax
   reductions run over the contiguous last dimension. The table's gradient is formed transposed,
-  (D, V) = hidden^T @ (softmax - one_hot), and transposed once (~15 ms in isolation for SmolLM2).
-- Why not (vocab, batch, time), as this op first did: the (V, D) x (D, B*T) logits product ran
-  at ~630 GFLOP/s against ~880 for (B*T, D) x (D, V).
+  (D, V) = hidden^T @ (softmax - one_hot), and transposed once.
+- Why not (vocab, batch, time), as this op first did: XLA:CPU runs the (V, D) x (D, B*T)
+  logits product markedly slower than (B*T, D) x (D, V).
 
-On SmolLM2-135M (1,024 tokens, bf16), head + loss forward + backward: 404 ms autodiff, 311-313
-ms laid out (vocab, batch, time), 287-293 ms (batch, time, vocab), 266-269 ms with exp taken once
-and the target logit gathered (docs/BENCHMARKS.md#training).
+Timings of each version against autodiff: docs/BENCHMARKS.md#training ("LM head fused with the
+cross-entropy" and "The LM head, again").
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ def _logits(hidden: jax.Array, table: jax.Array) -> jax.Array:
 
 
 def _target_logit(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """logits[b, t, targets[b, t]]: a gather, ~0.1 ms against 14 ms for a select-and-sum pass
-    over the logits (XLA's SPMD partitioner masks and sums it when `tensor` shards the vocab)."""
+    """logits[b, t, targets[b, t]]: a gather, far cheaper than a select-and-sum pass over the
+    logits (XLA's SPMD partitioner masks and sums it when `tensor` shards the vocab)."""
     return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
@@ -63,8 +62,7 @@ def _forward(hidden: jax.Array, table: jax.Array, targets: jax.Array
     logits = _logits(hidden, table)
     # exp is taken once, into a materialised (B, T, V) array that then gives both the sum and
     # the softmax. Fused into each of its two consumers instead, it ran twice, once in
-    # XLA:CPU's single-threaded reduction (SmolLM2, with the gathered target logit below: head
-    # fwd + bwd 301-313 -> 266-269 ms).
+    # XLA:CPU's single-threaded reduction (docs/BENCHMARKS.md#training, "exp once").
     shift = jnp.max(logits, axis=-1, keepdims=True)
     exps = jnp.exp(logits - shift)
     total = jnp.sum(exps, axis=-1, keepdims=True)

@@ -4,10 +4,9 @@ Forward as transformers computes it: the normalisation in float32, rounded to th
 dtype, then scaled in the input dtype. The backward pass is the textbook one, in float32.
 
 Why by hand: autodiff's gradient of the scale is a bf16 sum over every (batch, time)
-position, which XLA:CPU ran as a reduce-window at ~1.9 ms per norm inside the train step (61
-norms on SmolLM2-135M) and which is inaccurate (max error 2.7 on sums of ~30 in a unit
-test's comparison with float64). Here the products and the sum are float32: one norm's
-forward + backward went from 1.3 to 0.4 ms and the scale gradient's error from 2.7 to 0.17.
+position, which XLA:CPU ran as a slow reduce-window and which loses precision; here the
+products and the sum are float32 (timings and errors: docs/BENCHMARKS.md#training, "RMSNorm
+backward by hand").
 """
 
 from __future__ import annotations

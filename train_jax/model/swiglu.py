@@ -6,9 +6,8 @@ rounds the SiLU, the product and each gradient term to bf16 in turn.
 
 Why by hand: XLA:CPU ran autodiff's version as several bf16 elementwise passes over the
 (batch, time, mlp) activations (the sigmoid's exp and divide among them); here the forward is
-one pass over gate and up, and the backward one pass over gate, up and the incoming gradient.
-On SmolLM2-135M in bf16 a decoder block's forward + backward went from 32.9-33.3 to 31.3-31.6 ms
-(min of 30; medians 35.3-36.2 -> 32.2-33.1 ms; docs/BENCHMARKS.md#training).
+one pass over gate and up, and the backward one pass over gate, up and the incoming gradient
+(docs/BENCHMARKS.md#training, "SwiGLU gate by hand").
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ def _backward(residuals: tuple[jax.Array, jax.Array], d_out: jax.Array) -> tuple
     # The barrier keeps XLA from merging the sigmoid and SiLU below with the forward's (the
     # same expressions of the same inputs): merged, XLA:CPU kept both as float32 arrays from
     # the forward to the backward and split the forward into five passes. Recomputed here
-    # from the bf16 inputs, the forward is one pass after the inputs' rounding; the bf16
-    # SmolLM2 train step took 1.448 s against 1.459 s (one process, alternating steps).
+    # from the bf16 inputs, the forward is one pass after the inputs' rounding (see "An
+    # optimization barrier on SwiGLU's backward residuals", docs/BENCHMARKS.md#training).
     gate, up = jax.lax.optimization_barrier(residuals)
     g32, d32 = gate.astype(jnp.float32), d_out.astype(jnp.float32)
     sig = jax.nn.sigmoid(g32)

@@ -38,7 +38,7 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int =
     """Best-of-`repeats` FLOP/s of a jitted square matmul of `dtype` inputs on one device.
 
     Products accumulate in float32, as the model's do (`train_jax.model.dense`): for bf16 this
-    is the fast kernel (on a 2-core Zen 4, ~760 GFLOP/s against ~280 with a bf16 result).
+    is the fast kernel (docs/BENCHMARKS.md#training, "The first hand-written ops").
     """
     device = device or jax.local_devices()[0]
     key = jax.random.key(0)

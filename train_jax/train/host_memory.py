@@ -18,8 +18,8 @@ are read when a process starts, so `jaxtune train` re-executes itself once with 
   the free pages go back to the kernel once (`malloc_trim`), at the price of one slower step.
   Where transparent huge pages are in `madvise` mode, the heap also gets them.
 - `huge_pages`: only the huge-page tunable: the buffers still come and go every step, but are
-  faulted in 2 MiB at a time (~1,000 faults per step); the kernel still zeroes them, which
-  cost up to 1 s of system time on some steps.
+  faulted in 2 MiB at a time; the kernel still zeroes them, which costs system time on
+  every step.
 - `system`: glibc's defaults.
 
 docs/BENCHMARKS.md#training has the measured effect. On TPU and GPU only host-side buffers

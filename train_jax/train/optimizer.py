@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from train_jax.config.run_config import OptimizerConfig
@@ -33,32 +32,16 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """Scale all updates by min(1, max_norm / global norm): `optax.clip_by_global_norm`'s result.
-
-    optax selects, per element, between the update and its clipped value, so XLA:CPU writes a
-    clipped copy of every gradient and both Adam moments then read the gradient and that copy.
-    A scalar scale fuses into the moment updates instead: the bf16 SmolLM2 train step took
-    1.412 s against 1.423 s (one process, alternating steps; docs/BENCHMARKS.md#training).
-    Below the threshold the scale is exactly 1; above it the result differs from optax's
-    (g / norm) * max_norm only in rounding. The state is optax's empty state, as optax's is,
-    so checkpoints written with either restore with the other.
-    """
-    def update(updates: Any, state: optax.EmptyState, params: Any = None
-               ) -> tuple[Any, optax.EmptyState]:
-        del params
-        norm = optax.global_norm(updates)
-        scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
-
-    return optax.GradientTransformation(optax.init_empty_state, update)
-
-
 def build_optimizer(cfg: OptimizerConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """The optax chain: optional global-norm clipping, then AdamW with masked weight decay."""
+    """The optax chain: optional global-norm clipping, then AdamW with masked weight decay.
+
+    Clipping is optax's own: a hand-written scalar-scale version measured under 1% of the step
+    (docs/BENCHMARKS.md#training, "Global-norm clipping as one scalar scale"). Its state is
+    optax's empty state either way, so checkpoints of both versions restore.
+    """
     parts = []
     if cfg.clip_norm is not None:
-        parts.append(clip_by_global_norm(cfg.clip_norm))
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts)
