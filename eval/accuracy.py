@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 from eval.accuracy_records import ExampleResult
 from eval.cache import GenerationCache
 from eval.client import ClientConfig, Endpoint, OpenAIClient, Prompt, RequestOutcome, SamplingParams
+from eval.failures import count_failures
 from eval.latency_stats import summarise as summarise_latency
+from eval.preflight import check_server
 from eval.report_accuracy import write_accuracy_report
 from eval.stats import estimate
 from eval.tasks import get_task, prompting
 from eval.tasks.records import PROMPT_STYLES, PromptStyle, TaskExample
-from eval.tasks.scoring import ExampleScore
+from eval.tasks.scoring import ExampleScore, MetricKind
 from eval.tasks.task import Task
 
 logger = logging.getLogger(__name__)
@@ -115,17 +117,21 @@ def sampling_for(task: Task, config: AccuracyConfig) -> SamplingParams:
 def _score(task: Task, example: TaskExample, outcome: RequestOutcome) -> ExampleScore:
     if outcome.ok:
         return task.score(outcome.text, example)
-    # A failed request is a wrong answer; its kind is kept so reports can tell them apart.
-    values = {m.name: 0.0 for m in task.metrics}
-    return ExampleScore(values=values, parsed=None,
-                        errors={m.name: f"request_{outcome.error_kind}" for m in task.metrics})
+    # A failed request is not a wrong answer: the model never answered. The example is
+    # unscored (no value for any metric) and left out of every metric by `summarise`.
+    return ExampleScore(values={m.name: None for m in task.metrics}, parsed=None)
 
 
 async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
                    progress: bool = True) -> tuple[list[ExampleResult], float]:
-    """Send every example, score the answers; returns (results in input order, wall seconds)."""
+    """Send every example, score the answers; returns (results in input order, wall seconds).
+
+    Once the data has loaded, and before any request, raises `ServerCheckError` (one line
+    saying what to fix) if the server cannot be reached or does not serve the model.
+    """
     task = get_task(config.task)
     examples, shots = load_task_examples(config)
+    await asyncio.to_thread(check_server, client.config)
     params = sampling_for(task, config)
     prompts = [build_prompt(task, ex, config.style, shots) for ex in examples]
     bar = tqdm(total=len(examples), desc=f"eval {config.task}", unit="ex", disable=not progress)
@@ -151,14 +157,17 @@ async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
 
 def summarise(config: AccuracyConfig, client_config: ClientConfig,
               results: list[ExampleResult], duration_s: float) -> dict[str, Any]:
-    """The results.json content: metric estimates, error counts, latency of the same requests."""
+    """The results.json content: metric estimates over the scored examples, the unscored ones
+    (failed requests) by error kind, answer failures by kind, latency of the same requests."""
     task = get_task(config.task)
-    metrics = {m.name: {**estimate([r.scores[m.name] for r in results], m.kind).to_dict(),
+    scored = [r for r in results if r.scored]
+    unscored = count_failures(r.outcome for r in results)
+    metrics = {m.name: {**_estimate([r.scores[m.name] for r in scored], m.kind),
                         "kind": m.kind, "description": m.description} for m in task.metrics}
     errors: dict[str, dict[str, int]] = {}
     for metric in task.metrics:
         counts: dict[str, int] = {}
-        for result in results:
+        for result in scored:
             kind = result.errors.get(metric.name)
             if kind:
                 counts[kind] = counts.get(kind, 0) + 1
@@ -173,17 +182,29 @@ def summarise(config: AccuracyConfig, client_config: ClientConfig,
         "config": {**config_dict, "endpoint": config.resolved_endpoint},
         "client": client_dict,
         "n_examples": len(results),
+        "n_scored": len(scored),
+        "n_unscored": len(results) - len(scored),
+        "unscored_by_error": unscored,
         "metrics": metrics,
         "errors_by_kind": errors,
         "latency": summarise_latency([r.outcome for r in results], duration_s),
     }
 
 
+def _estimate(values: list[float | None], kind: MetricKind) -> dict[str, Any]:
+    """The metric's estimate; with nothing scored, no value and no interval (not 0 in [0, 1])."""
+    out = estimate(values, kind).to_dict()
+    if out["n"] == 0:
+        out.update(value=None, low=None, high=None)
+    return out
+
+
 def run_accuracy(config: AccuracyConfig, client_config: ClientConfig, out_dir: str | Path | None,
                  *, cache_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the accuracy suite and (if `out_dir`) write results.json, examples.jsonl, report.md, PNG.
 
-    Returns the summary dict that results.json holds.
+    Raises `ServerCheckError` (see `evaluate`). Returns the summary dict that results.json
+    holds.
     """
     if client_config.endpoint != config.resolved_endpoint:
         client_config = replace(client_config, endpoint=config.resolved_endpoint)

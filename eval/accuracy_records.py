@@ -16,6 +16,7 @@ class ExampleResult:
     """One evaluated example: what was sent, what came back, how it scored.
 
     `primary_metric` names the score that says whether the answer is right (``correct``).
+    An example whose request failed is *unscored*: no score at all, left out of every metric.
     """
 
     index: int
@@ -29,6 +30,11 @@ class ExampleResult:
     outcome: RequestOutcome
     primary_metric: str
 
+    @property
+    def scored(self) -> bool:
+        """False when the request failed (after retries): the model never answered."""
+        return self.outcome.ok
+
     def to_dict(self) -> dict[str, Any]:
         """The examples.jsonl line of this example (latency without the repeated text)."""
         latency = self.outcome.to_dict()
@@ -36,4 +42,6 @@ class ExampleResult:
         return {"index": self.index, "source": self.source, "prompt": self.prompt,
                 "prediction": self.prediction, "gold": self.gold, "parsed": self.parsed,
                 "scores": self.scores, "correct": self.scores.get(self.primary_metric),
-                "errors": self.errors, "request": latency}
+                "errors": self.errors,
+                "unscored": None if self.scored else self.outcome.error_kind or "unknown",
+                "request": latency}

@@ -9,6 +9,8 @@ from pathlib import Path
 from eval.accuracy import AccuracyConfig, run_accuracy
 from eval.cli_common import add_endpoint_arguments, client_config_from_args, positive_int
 from eval.client import ENDPOINTS
+from eval.failures import check_error_rate, describe
+from eval.report_accuracy import fmt_interval, fmt_value
 from eval.tasks import TASK_NAMES
 from eval.tasks.records import PROMPT_STYLES
 
@@ -52,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
     client = client_config_from_args(args, endpoint=config.resolved_endpoint,
                                      concurrency=args.concurrency)
     summary = run_accuracy(config, client, args.out, cache_path=args.cache)
+    if summary["n_unscored"]:
+        print(f"UNSCORED: {summary['n_unscored']} of {summary['n_examples']} requests failed "
+              f"({describe(summary['unscored_by_error'])}); the metrics cover the "
+              f"{summary['n_scored']} answered examples only")
     for name, metric in summary["metrics"].items():
-        print(f"{name}: {metric['value']:.3f} [{metric['low']:.3f}, {metric['high']:.3f}] "
-              f"(n={metric['n']})")
-    failed = summary["latency"]["errors"]
-    if failed:
-        print(f"{failed} requests failed: {summary['latency']['errors_by_kind']}")
-    print(f"report: {args.out / 'report.md'}")
-    return 0
+        print(f"{name}: {fmt_value(metric['value'])} {fmt_interval(metric)} (n={metric['n']})")
+    report = args.out / "report.md"
+    print(f"report: {report}")
+    return check_error_rate(summary["n_unscored"], summary["n_examples"],
+                            summary["unscored_by_error"], args.max_error_rate, report,
+                            "were not scored")

@@ -12,7 +12,7 @@ API_KEY_ENV = "JAXTUNE_API_KEY"
 
 
 def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """--base-url, --model, --api-key, --timeout, --retries."""
+    """--base-url, --model, --api-key, --timeout, --retries, --max-error-rate."""
     parser.add_argument("--base-url", required=True,
                         help="server root, e.g. http://127.0.0.1:8000 (with or without /v1)")
     parser.add_argument("--model", required=True, help="model name as the server knows it")
@@ -21,6 +21,10 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds allowed per request (default 300)")
     parser.add_argument("--retries", type=int, default=3,
                         help="retries when the connection cannot be made (default 3)")
+    parser.add_argument("--max-error-rate", type=fraction, default=0.0, metavar="R",
+                        help="share of requests (0-1) that may finally fail, after retries, "
+                             "with a zero exit; failed requests are never scored or timed "
+                             "(default 0: any failure exits non-zero)")
 
 
 def quiet_http_logs() -> None:
@@ -36,6 +40,17 @@ def client_config_from_args(args: argparse.Namespace, *, endpoint: str = "comple
                         concurrency=concurrency, timeout_s=args.timeout,
                         max_retries=args.retries,
                         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -13,6 +13,7 @@ from eval.cli_common import (
     positive_int,
 )
 from eval.client import ENDPOINTS
+from eval.failures import check_error_rate
 from eval.latency import load_latency_config, run_latency
 
 
@@ -59,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
               f"{(lv['request_throughput'] or 0):.2f} req/s, "
               f"{(lv['output_throughput_tok_s'] or 0):.1f} tok/s, errors {lv['errors']}"
               + ("" if goodput is None else f", goodput {goodput:.2f} req/s"))
-    print(f"report: {args.out / 'report.md'}")
-    return 0
+    report = args.out / "report.md"
+    print(f"report: {report}")
+    return check_error_rate(result["n_failed"], result["n_requests"], result["failed_by_error"],
+                            args.max_error_rate, report, "were left out of every figure")
 
 
 def _ms(value: float | None) -> str:

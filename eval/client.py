@@ -59,12 +59,16 @@ class ClientConfig:
             raise EndpointConfigError(f"max_retries must be >= 0, got {self.max_retries}")
 
     @property
-    def url(self) -> str:
-        """Full URL of the endpoint; `base_url` may or may not end in ``/v1``."""
+    def api_base(self) -> str:
+        """The API root ending in ``/v1``; `base_url` may or may not end in it."""
         base = self.base_url.rstrip("/")
-        if not base.endswith("/v1"):
-            base += "/v1"
-        return base + ("/completions" if self.endpoint == "completions" else "/chat/completions")
+        return base if base.endswith("/v1") else base + "/v1"
+
+    @property
+    def url(self) -> str:
+        """Full URL of the endpoint."""
+        return self.api_base + ("/completions" if self.endpoint == "completions"
+                                else "/chat/completions")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from eval.report_accuracy import EXAMPLES_FILE, RESULTS_FILE
+from eval.report_accuracy import EXAMPLES_FILE, RESULTS_FILE, fmt_interval, fmt_value
 from eval.stats import mcnemar
 
 
@@ -78,6 +78,7 @@ def compare_runs(run_dirs: list[str | Path]) -> dict[str, Any]:
         "task": tasks.pop(),
         "runs": [{"name": n, "dir": r["dir"], "model": r["summary"]["model"],
                   "n_examples": r["summary"]["n_examples"], "metrics": r["summary"]["metrics"],
+                  "n_unscored": r["summary"].get("n_unscored", 0),
                   "style": r["summary"]["config"]["style"], "shots": r["summary"]["config"]["shots"]}
                  for n, r in zip(names, runs, strict=True)],
         "paired_examples": len(keys),
@@ -92,13 +93,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Compare: {result['task']}", "",
              (f"{len(runs)} runs, {result['paired_examples']} examples in common; "
              f"baseline `{runs[0]['name']}`."), "",
-             "| run | model | style | shots | " + " | ".join(metric_names) + " |",
-             "|---|---|---|---|" + "---|" * len(metric_names)]
+             "| run | model | style | shots | unscored | " + " | ".join(metric_names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(metric_names)]
     for run in runs:
-        cells = [f"{run['metrics'][m]['value']:.3f} [{run['metrics'][m]['low']:.3f}, "
-                 f"{run['metrics'][m]['high']:.3f}]" for m in metric_names]
+        cells = [f"{fmt_value(run['metrics'][m]['value'])} {fmt_interval(run['metrics'][m])}"
+                 for m in metric_names]
         lines.append(f"| {run['name']} | {run['model']} | {run['style']} | {run['shots']} | "
-                     + " | ".join(cells) + " |")
+                     f"{run['n_unscored']} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired exact McNemar test (vs baseline)", "",
               "| metric | run | only baseline right | only run right | pairs | p-value |",
               "|---|---|---|---|---|---|"]
@@ -106,8 +107,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         for test in tests:
             lines.append(f"| {metric} | {test['run']} | {test['only_a']} | {test['only_b']} | "
                          f"{test['n_pairs']} | {test['p_value']:.4g} |")
-    lines += ["", ("Metric values are over each run's own examples; the test uses only the "
-              "examples common to both runs.")]
+    lines += ["", ("Metric values are over each run's own scored examples (failed requests are "
+              "unscored); the test uses only the examples scored in both runs.")]
     return "\n".join(lines) + "\n"
 
 
@@ -119,10 +120,11 @@ def plot_compare(path: Path, result: dict[str, Any]) -> None:
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(2.2 * len(metric_names) + 2, 3.8))
     for i, run in enumerate(runs):
+        # A metric with nothing scored (value None) gets no bar.
         m = [run["metrics"][name] for name in metric_names]
-        values = [v["value"] for v in m]
-        err = [[max(0.0, v["value"] - v["low"]) for v in m],
-               [max(0.0, v["high"] - v["value"]) for v in m]]
+        values = [np.nan if v["value"] is None else v["value"] for v in m]
+        err = [[0.0 if v["value"] is None else max(0.0, v["value"] - v["low"]) for v in m],
+               [0.0 if v["value"] is None else max(0.0, v["high"] - v["value"]) for v in m]]
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, yerr=err, capsize=4,
                label=run["name"])
     ax.set_xticks(x, metric_names)

@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from eval.client import ClientConfig, SamplingParams
+from eval.failures import count_failures
 from eval.latency_stats import Slo, summarise
 from eval.loadgen import LoadConfigError, LoadLevel, prompts_from_file, run_level, synthetic_prompts
+from eval.preflight import check_server
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +87,23 @@ def _prompts(config: LatencyConfig) -> list[str]:
 
 def run_latency(config: LatencyConfig, client_config: ClientConfig, out_dir: str | Path | None,
                 *, progress: bool = True) -> dict[str, Any]:
-    """Run every load level; write results.json, report.md and PNGs if `out_dir`; return the summary."""
+    """Run every load level; write results.json, report.md and PNGs if `out_dir`; return the summary.
+
+    Raises `ServerCheckError` (one line saying what to fix) before any request if the server
+    cannot be reached or does not serve the model. Failed requests are counted (per level and
+    in `n_failed` / `failed_by_error`) and left out of every latency figure.
+    """
     prompts = _prompts(config)
+    check_server(client_config)
     params = SamplingParams(max_tokens=config.output_tokens, ignore_eos=config.ignore_eos)
-    levels = []
+    levels, runs = [], []
     for level in config.levels():
         logger.info("load level %s: %d requests after %d warm-up", level.label,
                     config.num_requests, config.warmup)
         run = asyncio.run(run_level(client_config, prompts, params, level,
                                     num_requests=config.num_requests, warmup=config.warmup,
                                     seed=config.seed, progress=progress))
+        runs.append(run)
         summary = summarise(run.outcomes, run.duration_s, config.slo)
         levels.append({"label": level.label, "concurrency": level.concurrency,
                        "rate": level.rate, "warmup_requests": run.warmup_requests,
@@ -105,8 +114,10 @@ def run_latency(config: LatencyConfig, client_config: ClientConfig, out_dir: str
     client_dict = asdict(client_config)
     client_dict.pop("api_key")
     config_dict = asdict(config)
+    failed = count_failures(o for run in runs for o in run.outcomes)
     result = {"kind": "latency", "model": client_config.model, "client": client_dict,
-              "config": config_dict, "levels": levels}
+              "config": config_dict, "n_requests": sum(len(run.outcomes) for run in runs),
+              "n_failed": sum(failed.values()), "failed_by_error": failed, "levels": levels}
     if out_dir is not None:
         from eval.report_latency import write_latency_report
 

@@ -8,12 +8,12 @@ first request sent to the last one finished. Cached results carry no timing and 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from eval.client import RequestOutcome
+from eval.failures import count_failures
 from eval.stats import distribution
 
 
@@ -46,14 +46,14 @@ def summarise(outcomes: Sequence[RequestOutcome], duration_s: float,
               slo: Slo | None = None) -> dict[str, Any]:
     """Latency distributions (ms), throughput and error counts of one run."""
     timed = [o for o in outcomes if o.ok and not o.cached]
-    errors = Counter(o.error_kind or "unknown" for o in outcomes if not o.ok)
+    errors = count_failures(outcomes)
     output_tokens = sum(o.output_tokens or 0 for o in timed)
     summary: dict[str, Any] = {
         "requests": len(outcomes),
         "completed": len(timed),
         "cached": sum(1 for o in outcomes if o.cached),
         "errors": sum(errors.values()),
-        "errors_by_kind": dict(sorted(errors.items())),
+        "errors_by_kind": errors,
         "duration_s": duration_s,
         "request_throughput": len(timed) / duration_s if duration_s > 0 else None,
         "output_throughput_tok_s": output_tokens / duration_s if duration_s > 0 else None,

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from eval.accuracy_records import ExampleResult
+from eval.failures import describe, failure_notice
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
@@ -20,6 +21,17 @@ EXAMPLES_FILE = "examples.jsonl"
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def fmt_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def fmt_interval(metric: dict[str, Any]) -> str:
+    """``[low, high]``, or n/a when nothing was scored."""
+    if metric["low"] is None:
+        return "n/a"
+    return f"[{metric['low']:.3f}, {metric['high']:.3f}]"
 
 
 def latency_table(latency: dict[str, Any]) -> list[str]:
@@ -36,22 +48,26 @@ def latency_table(latency: dict[str, Any]) -> list[str]:
 def render_markdown(summary: dict[str, Any]) -> str:
     """report.md of an accuracy run."""
     cfg = summary["config"]
+    notice = failure_notice(summary["n_unscored"], summary["n_examples"],
+                            summary["unscored_by_error"], "every metric below (unscored)")
     lines = [f"# Accuracy: {summary['task']} on `{summary['model']}`", "",
-             f"- data: `{cfg['data']}` ({summary['n_examples']} examples evaluated)",
+             *([notice] if notice else []),
+             (f"- data: `{cfg['data']}` ({summary['n_examples']} examples sent, "
+              f"{summary['n_scored']} answered and scored, {summary['n_unscored']} unscored)"),
              f"- prompt style: {cfg['style']}, endpoint: {cfg['endpoint']}, shots: {cfg['shots']}",
              (f"- server: {summary['client']['base_url']}, concurrency "
              f"{summary['client']['concurrency']}"), "",
              "| metric | value | 95% CI | n | not scorable | CI method |",
              "|---|---|---|---|---|---|"]
     for name, m in summary["metrics"].items():
-        lines.append(f"| {name} | {m['value']:.3f} | [{m['low']:.3f}, {m['high']:.3f}] | "
+        lines.append(f"| {name} | {fmt_value(m['value'])} | {fmt_interval(m)} | "
                      f"{m['n']} | {m['n_unscorable']} | {m['method']} |")
     lines += ["", "## Failures by kind", ""]
     any_error = False
     for name, counts in summary["errors_by_kind"].items():
         if counts:
             any_error = True
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            lines.append(f"- {name}: {describe(counts)}")
     if not any_error:
         lines.append("- none")
     lat = summary["latency"]
@@ -66,7 +82,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 def plot_metrics(path: Path, title: str, metrics: dict[str, dict[str, Any]]) -> None:
     """Bar chart of metric values with 95% CI error bars."""
-    names = list(metrics)
+    names = [n for n in metrics if metrics[n]["value"] is not None]  # n/a: nothing scored
     values = [metrics[n]["value"] for n in names]
     lower = [max(0.0, metrics[n]["value"] - metrics[n]["low"]) for n in names]
     upper = [max(0.0, metrics[n]["high"] - metrics[n]["value"]) for n in names]

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from eval.failures import describe, failure_notice
 from eval.report_accuracy import latency_table
 
 _METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
@@ -21,7 +22,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     """report.md of a latency run."""
     cfg = result["config"]
     prompts = cfg["prompts_file"] or f"{cfg['input_words']} random words"
+    notice = failure_notice(result["n_failed"], result["n_requests"], result["failed_by_error"],
+                            "every latency and throughput figure below")
     lines = [f"# Latency: `{result['model']}` at {result['client']['base_url']}", "",
+             *([notice] if notice else []),
              (f"- {cfg['num_requests']} requests per level after {cfg['warmup']} warm-up "
              f"requests; {cfg['output_tokens']} output tokens (ignore_eos={cfg['ignore_eos']}); "
              f"prompts: {prompts}; "
@@ -40,7 +44,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for lv in result["levels"]:
         lines += ["", f"## {lv['label']}", ""]
         if lv["errors"]:
-            lines.append("Errors: " + ", ".join(f"{k} {v}" for k, v in lv["errors_by_kind"].items()))
+            lines.append(f"Errors: {describe(lv['errors_by_kind'])}")
             lines.append("")
         lines += latency_table(lv)
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from serve.deps import ServerState
 from serve.engine import Engine
 from serve.errors import install_exception_handlers
 from serve.metrics import ServerMetrics
+from serve.openapi import install_openapi
 from serve.protocol import new_id
 from serve.routes import chat, completions, models, system
 from serve.settings import ServeSettings
@@ -55,6 +56,8 @@ def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = N
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     install_exception_handlers(app)
+    install_openapi(app, model_names=settings.model_names(),
+                    api_key=settings.api_key is not None)
     for router in (system.router, models.router, completions.router, chat.router):
         app.include_router(router)
     # Added last = outermost: every request is counted, including those auth turns away.

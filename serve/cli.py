@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from serve.kv_cache import EngineStartError
 from serve.settings import (
     API_KEY_ENV,
     LoraSource,
@@ -17,6 +19,10 @@ from serve.settings import (
     resolve_api_key,
 )
 from serve.settings_flags import Flag, add_flags, flag_values, flags_of
+
+if TYPE_CHECKING:
+    from serve.app import EngineFactory
+    from serve.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +77,54 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
                          **flag_values(args, settings_flags()))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted (SIGINT/SIGTERM drain, then stop the engine)."""
+def run(args: argparse.Namespace, engine_factory: EngineFactory | None = None) -> int:
+    """Serve until interrupted (SIGINT/SIGTERM drain, then stop the engine).
+
+    If the engine cannot start, raises its `EngineStartError` once uvicorn has exited, so the
+    command ends with one line naming the cause and the flag to change (and a non-zero exit),
+    not only with vLLM's log.
+    """
     import uvicorn
 
-    from serve.app import create_app
+    from serve.app import create_app, start_vllm_engine
 
     settings = settings_from_args(args)
     logger.info("jaxtune serve on http://%s:%d (models: %s; adapters: %s; auth: %s)",
                 settings.host, settings.port, ", ".join(m.name for m in settings.models),
                 ", ".join(lo.name for lo in settings.loras) or "none",
                 "api key" if settings.api_key else "off")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                access_log=False, log_level="info",
-                timeout_graceful_shutdown=max(int(settings.drain_timeout_s), 1))
+    start = engine_factory or start_vllm_engine
+    failures: list[EngineStartError] = []
+
+    async def factory(s: ServeSettings) -> Engine:
+        try:
+            return await start(s)
+        except EngineStartError as exc:
+            failures.append(exc)
+            raise
+
+    # The start-up error is explained in one line below: no traceback of it from uvicorn.
+    quiet = _DropRecords(EngineStartError.__name__)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        uvicorn.run(create_app(settings, factory), host=settings.host, port=settings.port,
+                    access_log=False, log_level="info",
+                    timeout_graceful_shutdown=max(int(settings.drain_timeout_s), 1))
+    except SystemExit:  # uvicorn's exit when the app's start-up failed
+        if failures:
+            raise failures[0] from None
+        raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
     return 0
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message mentions `text`."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()

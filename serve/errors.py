@@ -23,6 +23,7 @@ from serve.engine import (
     UnknownModelError,
 )
 from serve.protocol import ErrorInfo, ErrorResponse
+from serve.request_fields import UNKNOWN_PARAMETER, UNSUPPORTED_PARAMETER
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("str", "list[str]", "list[int]", "list[list[int]]", "int", "float",
-                      "bool") or "[" in str(part) or "function-" in str(part):
+                      "bool") or "[" in str(part) or "function-" in str(part) \
+                or str(part).startswith("constrained-"):
             # pydantic names union branches in `loc`; they say nothing to an API user.
             continue
         else:
@@ -124,11 +126,12 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
-    """Turn FastAPI's validation error into one readable 400 (first problem first)."""
+    """Turn FastAPI's validation error into one readable 400 (first problem first; a field
+    outside the table of `serve.request_fields` comes before any other problem)."""
     errors = exc.errors()
     if not errors:
         return InvalidRequestError("Invalid request body", code="invalid_body")
-    first = errors[0]
+    first = _most_telling(errors)
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx") or {}
         detail = ctx.get("error", "")
@@ -138,12 +141,47 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     if loc == ("body",) and first.get("type") in ("missing", "model_attributes_type",
                                                   "dict_type"):
         return InvalidRequestError("Request body must be a JSON object", code="invalid_body")
+    if first.get("type") in _FIELD_ERRORS:
+        return _field_error(first, loc)
     param = _param_of(loc)
     message = first.get("msg", "invalid value")
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     prefix = f"'{param}': " if param else ""
     code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
     return InvalidRequestError(f"{prefix}{message}{more}", param=param, code=code)
+
+
+def _most_telling(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to report: a field the server does not take first; else, when the first
+    problem is a value matching no branch of a union (``prompt: []``), the error of the branch
+    whose type matched ("at least 1 item") rather than "should be a valid string"."""
+    first = next((e for e in errors if e.get("type") in _FIELD_ERRORS), errors[0])
+    if first.get("type") in _FIELD_ERRORS or not str(first.get("type")).endswith("_type"):
+        return first
+    field = tuple(first.get("loc", ()))[:2]  # ("body", name)
+    return next((e for e in errors if tuple(e.get("loc", ()))[:2] == field
+                 and not str(e.get("type")).endswith("_type")), first)
+
+
+# Pydantic error types of fields the server does not take (`serve.request_fields`);
+# "extra_forbidden" comes from nested objects without a field table (content parts).
+_FIELD_ERRORS = (UNKNOWN_PARAMETER, UNSUPPORTED_PARAMETER, "extra_forbidden")
+
+
+def _field_error(error: Any, loc: tuple[Any, ...]) -> InvalidRequestError:
+    """The 400 naming an unknown or unsupported field (``stream_options.foo`` when nested)."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        names, parent, kind = [_param_of(loc)], None, UNKNOWN_PARAMETER
+    else:
+        names, parent = error["ctx"]["fields"], _param_of(loc)
+    names = [f"{parent}.{name}" if parent else str(name) for name in names]
+    if kind == UNKNOWN_PARAMETER:
+        plural = "s" if len(names) > 1 else ""
+        message = f"Unrecognized request argument{plural} supplied: {', '.join(names)}"
+    else:
+        message = f"'{names[0]}' {error['ctx']['detail']}"
+    return InvalidRequestError(message, param=names[0], code=kind)
 
 
 def install_exception_handlers(app: FastAPI) -> None:

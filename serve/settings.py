@@ -43,7 +43,8 @@ class ServeSettings:
 
     `models[0]` is the primary model; LoRA adapters attach to the base they name.
     `kv_cache_gib` and `memory_fraction` bound the memory of each vLLM engine (on CPU
-    `memory_fraction` is vLLM's `gpu_memory_utilization`, a fraction of RAM).
+    `memory_fraction` is vLLM's `gpu_memory_utilization`, a fraction of RAM); when both are
+    None on CPU, `serve.kv_cache` sizes the KV cache from the memory available.
     Every field but `models`, `loras` and `api_key` is a `jaxtune serve` flag generated from
     the field (`serve.settings_flags`): its default and help text are written here only.
     """
@@ -66,9 +67,13 @@ class ServeSettings:
         default="auto", metadata={"help": "weight/activation dtype; auto: the checkpoint's"})
     kv_cache_gib: float | None = field(
         default=None, metadata={"help": "KV cache size per model in GiB",
-                                "default_text": "from --memory-fraction"})
-    memory_fraction: float = field(
-        default=0.9, metadata={"help": "vLLM gpu_memory_utilization; on CPU a fraction of RAM"})
+                                "default_text": "on CPU from the memory available, see "
+                                                "docs/SERVING.md; on GPU from --memory-fraction"})
+    memory_fraction: float | None = field(
+        default=None, metadata={
+            "help": "vLLM gpu_memory_utilization: the share of GPU memory (on CPU: of all RAM) "
+                    "vLLM may take; on CPU, giving it makes vLLM size the KV cache from it",
+            "default_text": "vLLM's 0.9 on GPU; unused on CPU"})
     enforce_eager: bool = field(
         default=False,
         metadata={"help": "skip torch.compile / CUDA graphs (faster start, slower decode)"})
@@ -84,7 +89,7 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.models:
             raise ServeConfigError("at least one model is required (--model DIR)")
-        names = [m.name for m in self.models] + [lora.name for lora in self.loras]
+        names = self.model_names()
         for name in names:
             if not _NAME_RE.match(name):
                 raise ServeConfigError(
@@ -112,12 +117,16 @@ class ServeSettings:
             raise ServeConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ServeConfigError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
-        if not 0 < self.memory_fraction <= 1:
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
             raise ServeConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
         if self.drain_timeout_s < 0:
             raise ServeConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if self.api_key is not None and not self.api_key.strip():
             raise ServeConfigError("api_key must not be empty")
+
+    def model_names(self) -> list[str]:
+        """Every name a request's `model` may take: full models, then adapters."""
+        return [m.name for m in self.models] + [lora.name for lora in self.loras]
 
     @property
     def primary(self) -> ModelSource:

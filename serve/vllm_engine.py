@@ -11,7 +11,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +26,19 @@ from serve.engine import (
     ModelCard,
     UnknownModelError,
 )
+from serve.kv_cache import (
+    GIB,
+    EngineStartError,
+    KvCachePlan,
+    check_fits,
+    plan_kv_cache,
+    read_memory,
+    start_failure,
+    weights_bytes,
+)
 from serve.settings import LoraSource, ModelSource, ServeSettings
 
 logger = logging.getLogger(__name__)
-
-GIB = 1 << 30
 
 
 @dataclass
@@ -78,8 +86,9 @@ def _probe_factory(probe: _SchedulerStatsProbe):
     return _ProbeLogger
 
 
-def engine_args_for(source: ModelSource, settings: ServeSettings, *, enable_lora: bool) -> Any:
-    """The `AsyncEngineArgs` for one model folder under `settings`."""
+def engine_args_for(source: ModelSource, settings: ServeSettings, kv: KvCachePlan, *,
+                    enable_lora: bool) -> Any:
+    """The `AsyncEngineArgs` for one model folder under `settings`, with the KV cache `kv`."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     kwargs: dict[str, Any] = {
@@ -88,18 +97,66 @@ def engine_args_for(source: ModelSource, settings: ServeSettings, *, enable_lora
         "served_model_name": source.name,
         "dtype": settings.dtype,
         "max_model_len": settings.max_model_len,
-        "gpu_memory_utilization": settings.memory_fraction,
         "enforce_eager": settings.enforce_eager,
         "disable_log_stats": True,  # our probe logger still receives scheduler stats
         "enable_log_requests": False,
         "max_num_seqs": settings.max_num_seqs,
     }
-    if settings.kv_cache_gib is not None:
-        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    if kv.memory_fraction is not None:
+        kwargs["gpu_memory_utilization"] = kv.memory_fraction
+    if kv.gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv.gib * GIB)
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=settings.max_lora_rank,
                       max_loras=settings.max_loras)
     return AsyncEngineArgs(**kwargs)
+
+
+def _platform_is_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+    except Exception as exc:  # vLLM's platform detection (e.g. two device plugins installed)
+        raise EngineStartError(f"vLLM could not start: it cannot pick a device ({exc}); set "
+                               "VLLM_TARGET_DEVICE=cpu to run on the CPU") from exc
+
+
+async def _start_base(source: ModelSource, adapters: Sequence[LoraSource],
+                      settings: ServeSettings, kv: KvCachePlan, lora_ids: Iterator[int],
+                      ) -> tuple[_Served, list[ModelCard], dict[str, _Route]]:
+    """Start the engine of one base model and load its adapters; stopped again on failure."""
+    from vllm.lora.request import LoRARequest
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    probe = _SchedulerStatsProbe()
+    started = time.monotonic()
+    logger.info("starting vLLM engine for %s (%s)", source.name, source.path)
+    engine = AsyncLLM.from_engine_args(
+        engine_args_for(source, settings, kv, enable_lora=bool(adapters)),
+        stat_loggers=[_probe_factory(probe)])
+    try:
+        served = _Served(engine, engine.get_tokenizer(), probe)
+        config = engine.model_config
+        created = int(time.time())
+        card = ModelCard(source.name, max_model_len=config.max_model_len,
+                         vocab_size=config.get_vocab_size(), created=created)
+        cards, routes = [card], {source.name: _Route(served, None)}
+        for adapter in adapters:
+            routes[adapter.name] = _Route(served, _lora_request(LoRARequest, adapter,
+                                                                next(lora_ids)))
+            cards.append(ModelCard(adapter.name, max_model_len=card.max_model_len,
+                                   vocab_size=card.vocab_size, parent=source.name,
+                                   created=created))
+        for adapter in adapters:
+            # Load now so a broken adapter fails at start-up, not on the first request.
+            await engine.add_lora(routes[adapter.name].lora_request)
+    except BaseException:
+        engine.shutdown()
+        raise
+    logger.info("engine for %s ready in %.1f s (max_model_len=%d, %d adapters)", source.name,
+                time.monotonic() - started, card.max_model_len, len(adapters))
+    return served, cards, routes
 
 
 class VllmEngine:
@@ -114,47 +171,35 @@ class VllmEngine:
 
     @classmethod
     async def start(cls, settings: ServeSettings) -> VllmEngine:
-        """Build every engine in `settings` (tens of seconds each on CPU)."""
-        from vllm.lora.request import LoRARequest
-        from vllm.v1.engine.async_llm import AsyncLLM
+        """Build every engine in `settings` (tens of seconds each on CPU).
 
+        Raises `EngineStartError` (one line naming the cause and the flag) when the KV cache
+        cannot fit, before vLLM starts, or when vLLM fails to start an engine.
+        """
+        on_cpu = _platform_is_cpu()
+        memory, weights = read_memory(), weights_bytes(settings)
+        kv = plan_kv_cache(settings, on_cpu=on_cpu, memory=memory, weights=weights)
+        logger.info("%s", kv.message)
+        check_fits(kv, settings, on_cpu=on_cpu, memory=memory, weights=weights)
         cards: list[ModelCard] = []
         routes: dict[str, _Route] = {}
         bases: list[_Served] = []
         lora_ids = itertools.count(1)
-        try:
-            for source in settings.models:
-                adapters = [lo for lo in settings.loras if lo.base == source.name]
-                probe = _SchedulerStatsProbe()
-                started = time.monotonic()
-                logger.info("starting vLLM engine for %s (%s)", source.name, source.path)
-                engine = AsyncLLM.from_engine_args(
-                    engine_args_for(source, settings, enable_lora=bool(adapters)),
-                    stat_loggers=[_probe_factory(probe)])
-                served = _Served(engine, engine.get_tokenizer(), probe)
-                bases.append(served)
-                config = engine.model_config
-                created = int(time.time())
-                card = ModelCard(source.name, max_model_len=config.max_model_len,
-                                 vocab_size=config.get_vocab_size(), created=created)
-                cards.append(card)
-                routes[source.name] = _Route(served, None)
-                for adapter in adapters:
-                    routes[adapter.name] = _Route(served, _lora_request(LoRARequest, adapter,
-                                                                        next(lora_ids)))
-                    cards.append(ModelCard(adapter.name, max_model_len=card.max_model_len,
-                                           vocab_size=card.vocab_size, parent=source.name,
-                                           created=created))
-                for adapter in adapters:
-                    # Load now so a broken adapter fails at start-up, not on the first request.
-                    await engine.add_lora(routes[adapter.name].lora_request)
-                logger.info("engine for %s ready in %.1f s (max_model_len=%d, %d adapters)",
-                            source.name, time.monotonic() - started, card.max_model_len,
-                            len(adapters))
-        except BaseException:
-            for served in bases:
-                served.engine.shutdown()
-            raise
+        for source in settings.models:
+            adapters = [lo for lo in settings.loras if lo.base == source.name]
+            try:
+                served, base_cards, base_routes = await _start_base(source, adapters, settings,
+                                                                    kv, lora_ids)
+            except BaseException as exc:
+                for done in bases:
+                    done.engine.shutdown()
+                if isinstance(exc, Exception):
+                    raise start_failure(source.name, exc, on_cpu=on_cpu,
+                                        memory=read_memory()) from exc
+                raise
+            bases.append(served)
+            cards += base_cards
+            routes.update(base_routes)
         return cls(cards, routes, bases)
 
     def models(self) -> Sequence[ModelCard]:

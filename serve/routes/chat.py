@@ -11,6 +11,7 @@ from serve.deps import EngineDep, StateDep
 from serve.engine import find_model
 from serve.errors import error_chunk, stream_error
 from serve.generation import GenerationRun
+from serve.openapi import GENERATION_RESPONSES
 from serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -20,7 +21,6 @@ from serve.protocol import (
     now,
 )
 from serve.routes.launch import arrival_time, collect, start_run, usage_of
-from serve.sampling import unsupported
 from serve.streaming import (
     DONE,
     ClientDisconnected,
@@ -33,20 +33,19 @@ from serve.streaming import (
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+             responses=GENERATION_RESPONSES)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: StateDep, engine: EngineDep) -> Response:
     arrival = arrival_time()
     request_id = request.state.request_id = new_id("chatcmpl")
     card = find_model(engine, body.model)
-    if body.logprobs:
-        raise unsupported("logprobs")
-    if body.tools:
-        raise unsupported("tools")
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages = [m.for_template() for m in body.messages]
     prompt_text = await engine.render_chat(body.model, messages)
-    # The template already placed any BOS token; adding special tokens again would double it.
-    prompt_ids = await engine.encode(body.model, prompt_text, add_special_tokens=False)
+    # The template already placed any BOS token: adding special tokens again would double it,
+    # unless the client asks for it (vLLM's `add_special_tokens`).
+    prompt_ids = await engine.encode(body.model, prompt_text,
+                                     add_special_tokens=bool(body.add_special_tokens))
     run = start_run(state=state, engine=engine, request=request, body=body, card=card,
                     prompts=[prompt_ids], prompt_param="messages",
                     max_tokens=body.effective_max_tokens(), default_max_tokens=None,

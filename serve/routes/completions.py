@@ -11,6 +11,7 @@ from serve.deps import EngineDep, StateDep
 from serve.engine import Engine, find_model
 from serve.errors import InvalidRequestError, error_chunk, stream_error
 from serve.generation import GenerationRun
+from serve.openapi import GENERATION_RESPONSES
 from serve.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -19,7 +20,6 @@ from serve.protocol import (
     now,
 )
 from serve.routes.launch import arrival_time, collect, start_run, usage_of
-from serve.sampling import unsupported
 from serve.streaming import (
     DONE,
     ClientDisconnected,
@@ -35,13 +35,13 @@ router = APIRouter(tags=["completions"])
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post("/v1/completions", response_model=CompletionResponse,
+             responses=GENERATION_RESPONSES)
 async def create_completion(body: CompletionRequest, request: Request, state: StateDep,
                             engine: EngineDep) -> Response:
     arrival = arrival_time()
     request_id = request.state.request_id = new_id("cmpl")
     card = find_model(engine, body.model)
-    _reject_unsupported(body)
     prompts = await _prompt_token_ids(engine, body)
     run = start_run(state=state, engine=engine, request=request, body=body, card=card,
                     prompts=prompts, prompt_param="prompt", max_tokens=body.max_tokens,
@@ -65,26 +65,16 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
 
 
-def _reject_unsupported(body: CompletionRequest) -> None:
-    if body.echo:
-        raise unsupported("echo")
-    if body.logprobs is not None:
-        raise unsupported("logprobs")
-    if body.best_of is not None and body.best_of != 1:
-        raise unsupported("best_of", "; use 'n'")
-    if body.suffix:
-        raise unsupported("suffix")
-
-
 async def _prompt_token_ids(engine: Engine, body: CompletionRequest) -> list[list[int]]:
     prompt = body.prompt
+    special = body.add_special_tokens is not False  # text prompts get BOS unless told not to
     if isinstance(prompt, str):
-        return [await engine.encode(body.model, prompt, add_special_tokens=True)]
+        return [await engine.encode(body.model, prompt, add_special_tokens=special)]
     if not prompt:
         raise InvalidRequestError("'prompt' must not be an empty list", param="prompt",
                                   code="empty_prompt")
     if isinstance(prompt[0], str):
-        return [await engine.encode(body.model, text, add_special_tokens=True)
+        return [await engine.encode(body.model, text, add_special_tokens=special)
                 for text in prompt]
     if isinstance(prompt[0], int):
         return [list(prompt)]

@@ -39,10 +39,18 @@ def start_run(
         raise InvalidRequestError("'stream_options' is only allowed with 'stream': true",
                                   param="stream_options", code="invalid_value")
     ticket = state.admission.admit(request.state.request_id)
-    detail = f" prompt={prompt_for_log!r}" if state.settings.log_prompts else ""
+    detail = "".join(f" {key}={value!r}" for key, value in _end_user(body).items())
+    if state.settings.log_prompts:
+        detail += f" prompt={prompt_for_log!r}"
     return GenerationRun(engine=engine, metrics=state.metrics, admission=state.admission,
                          ticket=ticket, model=card.name, prompts=prompts, sampling=sampling,
                          n=n, arrival=arrival, log_detail=detail)
+
+
+def _end_user(body: SamplingFields) -> dict[str, str]:
+    """The end-user ids a client sent (`user`, chat's `safety_identifier`), for the log line."""
+    ids = {"user": body.user, "safety_identifier": getattr(body, "safety_identifier", None)}
+    return {key: value for key, value in ids.items() if value}
 
 
 @dataclass

@@ -4,23 +4,22 @@ Streams one chunk per word of its answer: the first after `ttft_s`, each next on
 `itl_s`, then a usage chunk and ``[DONE]``. The answer is looked up by prompt (or last user
 message) in `answers`, else `default_answer`. Markers in the prompt inject failures:
 ``[[500]]`` -> HTTP 500, ``[[hang]]`` -> no answer for 60 s, ``[[cut]]`` -> the stream stops
-without ``[DONE]`` after one chunk and the connection is dropped.
+without ``[DONE]`` after one chunk and the connection is dropped. GET /v1/models lists
+`models`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from tests.serve.fake_server import serve_in_thread
 
 
 @dataclass
@@ -30,6 +29,10 @@ class FakeBehaviour:
     default_answer: str = "one two three four five"
     answers: dict[str, str] = field(default_factory=dict)
     requests_seen: int = 0
+    # Every generation request answers this HTTP status instead (a broken server).
+    fail_status: int | None = None
+    # What GET /v1/models lists (the eval's pre-flight check looks for its --model there).
+    models: tuple[str, ...] = ("m", "fake", "base", "tuned")
 
 
 def _prompt_key(body: dict) -> str:
@@ -45,8 +48,9 @@ def create_fake_app(behaviour: FakeBehaviour) -> FastAPI:
         behaviour.requests_seen += 1
         body = await request.json()
         key = _prompt_key(body)
-        if "[[500]]" in key:
-            return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
+        if "[[500]]" in key or behaviour.fail_status is not None:
+            return JSONResponse({"error": {"message": "injected failure"}},
+                                status_code=behaviour.fail_status or 500)
         answer = behaviour.answers.get(key, behaviour.default_answer)
         words = answer.split(" ")
         if body.get("max_tokens"):
@@ -74,6 +78,11 @@ def create_fake_app(behaviour: FakeBehaviour) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model"}
+                                           for name in behaviour.models]}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await handle(request, chat=False)
@@ -88,21 +97,5 @@ def create_fake_app(behaviour: FakeBehaviour) -> FastAPI:
 @contextmanager
 def run_fake_server(behaviour: FakeBehaviour) -> Iterator[str]:
     """Serve the fake app on 127.0.0.1 in a background thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_fake_app(behaviour), log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("fake server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_in_thread(create_fake_app(behaviour), lifespan="off") as url:
+        yield url

@@ -59,16 +59,37 @@ def test_chat_few_shot_sends_shots_and_skips_them(tmp_path):
     assert first["source"].endswith(":3")
 
 
-def test_failed_requests_are_wrong_and_counted(tmp_path):
-    with run_fake_server(FakeBehaviour(answers={}, default_answer="#### 72")) as url:
-        data = tmp_path / "g.jsonl"
-        data.write_text(json.dumps({"question": "q [[500]]", "answer": "#### 72"}) + "\n"
-                        + json.dumps({"question": "r", "answer": "#### 72"}) + "\n")
+def test_failed_requests_are_unscored_not_wrong(tmp_path):
+    data = tmp_path / "g.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": "#### 72"}) + "\n"
+                            for q in ("q [[500]]", "r", "s [[500]]", "t")))
+    examples, _ = get_task("gsm8k").load_examples(data)
+    wrong = {get_task("gsm8k").structured_prompt(examples[1]): "#### 1"}
+    with run_fake_server(FakeBehaviour(answers=wrong, default_answer="#### 72")) as url:
         summary = run_accuracy(AccuracyConfig(task="gsm8k", data=data),
-                               ClientConfig(base_url=url, model="m"), None, progress=False)
-    assert summary["metrics"]["strict_match"]["value"] == 0.5
-    assert summary["errors_by_kind"]["strict_match"] == {"request_http_500": 1}
-    assert summary["latency"]["errors_by_kind"] == {"http_500": 1}
+                               ClientConfig(base_url=url, model="m"), tmp_path, progress=False)
+    # Two answered (one right, one wrong); the two failed requests count nowhere.
+    strict = summary["metrics"]["strict_match"]
+    assert (strict["value"], strict["n"], strict["n_unscorable"]) == (0.5, 2, 0)
+    assert (summary["n_examples"], summary["n_scored"], summary["n_unscored"]) == (4, 2, 2)
+    assert summary["unscored_by_error"] == {"http_500": 2}
+    assert summary["errors_by_kind"]["strict_match"] == {}  # "#### 1" is wrong, not malformed
+    records = [json.loads(line) for line in (tmp_path / "examples.jsonl").read_text().splitlines()]
+    assert [r["unscored"] for r in records] == ["http_500", None, "http_500", None]
+    assert [r["correct"] for r in records] == [None, 0.0, None, 1.0]
+    report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2].startswith("> **Warning: 2 of 4 requests failed (http_500 2)")
+
+
+def test_a_run_where_every_request_failed_has_no_value(tmp_path):
+    data = tmp_path / "g.jsonl"
+    data.write_text(json.dumps({"question": "q [[500]]", "answer": "#### 72"}) + "\n")
+    with run_fake_server(FakeBehaviour()) as url:
+        summary = run_accuracy(AccuracyConfig(task="gsm8k", data=data),
+                               ClientConfig(base_url=url, model="m"), tmp_path, progress=False)
+    strict = summary["metrics"]["strict_match"]
+    assert (strict["value"], strict["low"], strict["high"], strict["n"]) == (None, None, None, 0)
+    assert "| strict_match | n/a | n/a | 0 |" in (tmp_path / "report.md").read_text()
 
 
 def test_inconsistent_settings_are_rejected():

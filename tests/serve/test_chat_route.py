@@ -94,7 +94,7 @@ BAD_CHAT = [
      "messages[0].content", "invalid_value"),
     ({"model": FAKE_MODEL, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]},
-     "messages[0].content", "invalid_value"),
+     "messages[0].content[0].type", "unsupported_parameter"),
     ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 0}, "max_tokens", "invalid_value"),
     ({"model": FAKE_MODEL, "messages": HELLO, "max_completion_tokens": 0},
      "max_completion_tokens", "invalid_value"),
