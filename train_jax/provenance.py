@@ -1,7 +1,8 @@
 """Provenance of an exported model: `jaxtune.json` and a README model card.
 
-Records where the weights came from (base model, resolved training config, hashes of the
-data files, git commit, final metrics) so a served model can be traced back to its run;
+Records where the weights came from (base model, resolved training config, the kernel backend
+the run trained with, hashes of the data files, git commit, final metrics) so a served model
+can be traced back to its run;
 eval results are added when they become known (`add_eval_results`).
 """
 
@@ -72,6 +73,11 @@ def build_provenance(checkpoint_dir: Path, *, step: int | None = None,
     checkpoint_dir = Path(checkpoint_dir)
     info_path = checkpoint_dir / "jaxtune_checkpoint.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    # Training records its resolved kernel backend with the source (train/model_init.py).
+    source = info.get("source")
+    kernels = source.get("kernels") if isinstance(source, dict) else None
+    if kernels is not None:
+        source = {k: v for k, v in source.items() if k != "kernels"}
     run_dir = checkpoint_dir.parent
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
@@ -87,8 +93,9 @@ def build_provenance(checkpoint_dir: Path, *, step: int | None = None,
         "checkpoint": str(checkpoint_dir.resolve()),
         "step": step,
         "export_dtype": export_dtype,
-        "source_model": info.get("source"),
+        "source_model": source,
         "lora": info.get("lora"),
+        "kernels": kernels,
         "training_config": config,
         "datasets": datasets,
         "metrics": _final_metrics(run_dir / "metrics.jsonl") if config else {},
@@ -117,13 +124,17 @@ def add_eval_results(model_dir: Path, name: str, results: Mapping[str, Any]) -> 
     write_provenance(Path(model_dir), provenance)
 
 
-def _training_lines(config: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> list[str]:
+def _training_lines(config: Mapping[str, Any] | None, metrics: Mapping[str, Any],
+                    kernels: Mapping[str, Any] | None = None) -> list[str]:
     if not config:
         return ["Converted from the source model; not fine-tuned by jaxtune."]
     method = (config.get("method") or {}).get("name", "full")
     train, opt = config.get("train") or {}, config.get("optimizer") or {}
     lines = [f"- method: {method}", f"- steps: {train.get('steps')}, global batch {train.get('batch_size')}",
              f"- optimizer: AdamW, lr {opt.get('learning_rate')} ({opt.get('schedule')})"]
+    if kernels:
+        lines.append(f"- kernels: {kernels.get('backend')} (setting {kernels.get('setting')}, "
+                     f"platform {kernels.get('platform')})")
     for source in (config.get("data") or {}).get("sources") or []:
         dataset = source.get("dataset") or {}
         lines.append(f"- data: task `{dataset.get('task')}`, `{dataset.get('train_file')}`, "
@@ -142,7 +153,8 @@ def render_model_card(provenance: Mapping[str, Any]) -> str:
              f"Base model: `{source.get('model') or source.get('path') or source or 'unknown'}`  ",
              f"Checkpoint: `{provenance.get('checkpoint')}` (step {provenance.get('step')})  ",
              f"jaxtune commit: `{provenance.get('jaxtune_commit')}`", "", "## Training", "",
-             *_training_lines(provenance.get("training_config"), provenance.get("metrics") or {}), ""]
+             *_training_lines(provenance.get("training_config"), provenance.get("metrics") or {},
+                              provenance.get("kernels")), ""]
     if provenance.get("eval"):
         lines += ["## Evaluation", "", "| run | task | metric | score | 95% CI |", "|---|---|---|---|---|"]
         for run, result in provenance["eval"].items():

@@ -1,7 +1,9 @@
 """`jaxtune launch gke`: render (and apply) a JobSet that trains on a GKE TPU slice or GPU nodes.
 
 ``--dry-run`` prints the manifests (a ConfigMap with the resolved run config, then the JobSet);
-``--out FILE`` writes them; otherwise they go to ``kubectl apply -f -``.
+``--out FILE`` writes them; otherwise they go to ``kubectl apply -f -``. For a TPU slice the
+run's train step is first compiled for it here (`fit_check`; libtpu) and a run that does not
+fit in HBM is refused, unless ``--skip-plan``; a dry run prints that plan as YAML comments.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.launch.fit_check import as_comments, check_fits
 from infra.launch.gke_manifest import GkeJobSpec, GpuNodes, render_manifests, to_yaml
 from infra.launch.tpu_types import parse_tpu_type
 from train_jax.config.run_config import load_raw_run_config
@@ -53,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "Workload Identity access to gs:// buckets)")
     parser.add_argument("--out", help="write the manifests to this file")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the manifests and apply nothing")
+                        help="print the plan (TPU) and the manifests; apply nothing")
+    parser.add_argument("--skip-plan", action="store_true",
+                        help="TPU: do not compile the run for the slice first (the check needs "
+                             "libtpu here and refuses a run that does not fit in HBM)")
 
 
 def spec_from_args(args: argparse.Namespace) -> GkeJobSpec:
@@ -88,13 +94,19 @@ def spec_from_args(args: argparse.Namespace) -> GkeJobSpec:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jaxtune launch gke`."""
     spec = spec_from_args(args)
+    fit = None
+    if spec.tpu is not None and not args.skip_plan:
+        fit = check_fits(args.config, args.overrides, spec.tpu)
     text = to_yaml(render_manifests(spec))
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         logger.info("wrote %s", args.out)
+    if args.dry_run and not args.out:
+        sys.stdout.write(as_comments(fit) + text if fit is not None else text)
+        return 0
+    if fit is not None:
+        logger.info("the run fits:\n%s", fit)
     if args.dry_run:
-        if not args.out:
-            sys.stdout.write(text)
         return 0
     argv = ["kubectl", "apply", "-f", "-"]
     if spec.namespace:

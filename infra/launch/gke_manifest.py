@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from infra.launch.tpu_types import TpuSlice
+from infra.launch.tpu_types import TpuSlice, launch_facts
 from train_jax.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
@@ -116,7 +116,7 @@ def _container(spec: GkeJobSpec) -> dict[str, Any]:
 def _pod_spec(spec: GkeJobSpec) -> dict[str, Any]:
     if spec.accelerator == "tpu":
         assert spec.tpu is not None
-        selector = {"cloud.google.com/gke-tpu-accelerator": spec.tpu.generation.gke_accelerator,
+        selector = {"cloud.google.com/gke-tpu-accelerator": launch_facts(spec.tpu).gke_accelerator,
                     "cloud.google.com/gke-tpu-topology": spec.tpu.topology}
     else:
         assert spec.gpu is not None

@@ -2,8 +2,10 @@
 
 Builds the jaxtune wheel, creates the TPU, installs jaxtune[train] + jax[tpu] on every worker,
 runs `jaxtune train` on all of them at once (JAX finds the slice itself; the launcher exports
-the host count so a wrong detection fails loudly) and streams their output here. ``--dry-run``
-prints the commands, one per line, and runs nothing.
+the host count so a wrong detection fails loudly) and streams their output here. Before any of
+that, the run's train step is compiled for the slice here (`fit_check`; libtpu) and a run that
+does not fit in HBM is refused, unless ``--skip-plan``. ``--dry-run`` prints the plan as ``#``
+comments, then the commands, one per line, and runs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from infra.launch.fit_check import as_comments, check_fits
 from infra.launch.run_inputs import collect_run_inputs
 from infra.launch.tpu_plan import Step, TpuLaunchSpec, build_plan
 from infra.launch.tpu_types import parse_tpu_type
@@ -61,7 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delete", action="store_true",
                         help="delete the TPU when training ends (also after a failure)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print every command, in order, one per line; run nothing")
+                        help="print the plan and every command, in order, one per line; run "
+                             "nothing")
+    parser.add_argument("--skip-plan", action="store_true",
+                        help="do not compile the run for the slice first (the check needs "
+                             "libtpu here and refuses a run that does not fit in HBM)")
     parser.add_argument("--poll-seconds", type=float, default=30.0,
                         help="seconds between state checks while waiting (default: 30)")
     parser.add_argument("--wait-minutes", type=float, default=120.0,
@@ -108,11 +115,16 @@ def spec_from_args(args: argparse.Namespace) -> TpuLaunchSpec:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jaxtune launch tpu`."""
     spec = spec_from_args(args)
+    fit = None if args.skip_plan else check_fits(args.config, args.overrides, spec.tpu)
     steps = build_plan(spec)
     if args.dry_run:
+        if fit is not None:
+            sys.stdout.write(as_comments(fit))
         for step in steps:
             print(shlex.join(step.argv))
         return 0
+    if fit is not None:
+        logger.info("the run fits:\n%s", fit)
     logger.info("launching on %s: %d host(s), %d chips, topology %s", spec.tpu.accelerator_type,
                 spec.tpu.hosts, spec.tpu.chips, spec.tpu.topology)
     try:

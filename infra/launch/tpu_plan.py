@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from infra.launch.run_inputs import RunInputs
-from infra.launch.tpu_types import TpuSlice
+from infra.launch.tpu_types import TpuSlice, launch_facts
 from train_jax.distributed import ENV_TPU_HOSTS
 
 # On every worker: the wheel, the run config and the run's local inputs (at the same relative
@@ -48,7 +48,7 @@ class TpuLaunchSpec:
     @property
     def runtime(self) -> str:
         """The TPU VM software version to boot."""
-        return self.runtime_version or self.tpu.generation.runtime_version
+        return self.runtime_version or launch_facts(self.tpu).runtime_version
 
 
 @dataclass(frozen=True)

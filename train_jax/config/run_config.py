@@ -24,7 +24,8 @@ from train_jax.config.loading import (
 )
 from train_jax.data.config import DataConfig
 from train_jax.distributed import DistributedConfig
-from train_jax.model.config import LoraSpec
+from train_jax.model.config import LoraSpec, RematPolicy
+from train_jax.model.kernels.names import KernelSetting
 from train_jax.train.host_memory import HostAllocator
 
 DType = Literal["float32", "bfloat16"]
@@ -37,6 +38,8 @@ class ModelSpec:
     `path` is a HF model folder, a hub id or a jaxtune checkpoint directory (`jaxtune model
     import` output or a previous run's `checkpoints/`). Without `path`, a model is randomly
     initialised from `architecture` (a HF `config.json` mapping) and `tokenizer` (a folder).
+    `kernels` picks how attention and the other hand-tuned ops run (`auto`: by platform; see
+    `train_jax.model.kernels`); `remat` what each decoder block keeps for the backward pass.
     """
 
     path: str | None = None
@@ -44,7 +47,8 @@ class ModelSpec:
     tokenizer: str | None = None
     dtype: DType = "float32"  # compute dtype (bfloat16: bf16 matmuls on fp32 master weights)
     param_dtype: DType = "float32"
-    remat: bool = False
+    kernels: KernelSetting = "auto"  # auto | reference | xla_cpu | tpu | gpu
+    remat: RematPolicy = "none"  # none | full | save_dots | save_qkvo
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.architecture is None):

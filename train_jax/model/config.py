@@ -6,7 +6,9 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from train_jax.model.kernels.names import KERNEL_BACKENDS, KernelBackend
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +16,12 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "mistral")
 DTypeName = Literal["float32", "bfloat16", "float16"]
 SUPPORTED_ROPE_TYPES: tuple[str, ...] = ("default", "llama3", "linear")
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What each decoder block keeps for the backward pass: everything (none), only its input (full),
+# also every matmul without batch dimensions (save_dots; only plain-jnp products are seen, not the
+# xla_cpu custom-VJP ones), or also the q/k/v/o projections (save_qkvo). Applied per block by
+# `llama.py` through `nnx.remat` with a `jax.checkpoint_policies` policy.
+RematPolicy = Literal["none", "full", "save_dots", "save_qkvo"]
+REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)
 
 
 class UnsupportedModelError(ValueError):
@@ -49,8 +57,9 @@ class ModelConfig:
     """Architecture of a Llama-family decoder plus run-time numerics options.
 
     Architecture fields come from the HF config (`from_hf_config`); `dtype` (compute),
-    `param_dtype`, `remat` and `lora` are jaxtune options. The original HF dict is kept so
-    that an export writes back the same `config.json`.
+    `param_dtype`, `kernels` (a resolved backend, `kernels.backend.resolve_backend`), `remat`
+    and `lora` are jaxtune options. The original HF dict is kept so that an export writes back
+    the same `config.json`.
     """
 
     model_type: str
@@ -74,11 +83,20 @@ class ModelConfig:
     # jaxtune options (not part of the HF architecture)
     dtype: DTypeName = "float32"
     param_dtype: DTypeName = "float32"
-    remat: bool = False
+    # xla_cpu by default: a caller that does not choose (conversion, eval, benchmarks, tests)
+    # runs the ops it ran before backends existed, on any platform, with no dependence on the
+    # host at construction. Training passes `resolve_backend(model.kernels)` (default auto).
+    kernels: KernelBackend = "xla_cpu"
+    remat: RematPolicy = "none"
     lora: LoraSpec | None = None
     hf_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ValueError(f"kernels {self.kernels!r} is not a backend; choose from "
+                             f"{list(KERNEL_BACKENDS)} (resolve 'auto' with resolve_backend)")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} is not a policy; choose from {list(REMAT_POLICIES)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "

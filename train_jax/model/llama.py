@@ -1,8 +1,10 @@
 """A Llama-family decoder in Flax NNX (Llama 2/3, SmolLM2, Qwen2/2.5, Mistral).
 
-Read top to bottom: RoPE, RMSNorm, Linear (with optional LoRA), Attention, MLP, Block,
+Read top to bottom: RMSNorm, Linear (with optional LoRA), Attention, MLP, Block,
 LlamaForCausalLM. Shapes: B batch, T length, D hidden, N query heads, K kv heads,
-H head_dim, F mlp width, V vocab. Parameter names follow the Hugging Face checkpoint
+H head_dim, F mlp width, V vocab. The ops inside (attention, norm, gate, products, head loss)
+come from the kernel backend named by `cfg.kernels` (`kernels.backend.kernel_ops`); each block
+is rematerialised as `cfg.remat` says. Parameter names follow the Hugging Face checkpoint
 (`layers.0.self_attn.q_proj.kernel` is `model.layers.0.self_attn.q_proj.weight`.T), so the
 converter is a rename plus transpose.
 """
@@ -10,19 +12,20 @@ converter is a rename plus transpose.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from train_jax.model import axes
-from train_jax.model.attention import grouped_query_attention
-from train_jax.model.config import LoraSpec, ModelConfig
-from train_jax.model.dense import dense, dense_transposed
-from train_jax.model.head_loss import head_cross_entropy
-from train_jax.model.norm import rms_norm
+from train_jax.model.config import LoraSpec, ModelConfig, RematPolicy
+from train_jax.model.kernels.backend import kernel_ops
 from train_jax.model.rope import rope_cos_sin, rope_inv_freq
-from train_jax.model.swiglu import swiglu
+
+# Names of the attention projections' outputs, which `remat: save_qkvo` keeps.
+QKVO_NAMES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class LoraParam(nnx.Param):
@@ -41,11 +44,11 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         del rngs
-        self.eps = cfg.rms_norm_eps
+        self.eps, self.kernels = cfg.rms_norm_eps, cfg.kernels
         self.scale = _param(jnp.ones((cfg.hidden_size,), cfg.param_dtype), (axes.NORM,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return rms_norm(x, self.scale[...], self.eps)
+        return kernel_ops(self.kernels).rms_norm(x, self.scale[...], self.eps)
 
 
 class Linear(nnx.Module):
@@ -54,7 +57,7 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, logical_axes: axes.LogicalAxes,
                  cfg: ModelConfig, *, use_bias: bool, lora: LoraSpec | None, rngs: nnx.Rngs,
                  init_std: float = 0.02):
-        self.dtype = jnp.dtype(cfg.dtype)
+        self.dtype, self.kernels = jnp.dtype(cfg.dtype), cfg.kernels
         kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features))
         self.kernel = _param(kernel.astype(cfg.param_dtype), logical_axes)
         self.bias = (_param(jnp.zeros((out_features,), cfg.param_dtype), (logical_axes[1],))
@@ -72,7 +75,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = dense(x, self.kernel[...])
+        y = kernel_ops(self.kernels).dense(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
@@ -92,6 +95,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+        self.kernels = cfg.kernels
         bias = cfg.attention_bias
 
         def linear(name, fan_in, fan_out, logical, use_bias):
@@ -103,16 +107,18 @@ class Attention(nnx.Module):
         self.v_proj = linear("v_proj", d, k * h, (axes.EMBED, axes.KV_HEADS), bias)
         self.o_proj = linear("o_proj", n * h, d, (axes.HEADS, axes.EMBED), False)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 segment_ids: jax.Array | None) -> jax.Array:
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)  # (B, T, N, H)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)  # (B, T, K, H)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        q = axes.constrain(q, axes.ACT_BTNH)
-        k = axes.constrain(k, axes.ACT_BTKH)
+        q = checkpoint_name(self.q_proj(x), "q_proj").reshape(b, t, self.num_heads, self.head_dim)
+        k = checkpoint_name(self.k_proj(x), "k_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = checkpoint_name(self.v_proj(x), "v_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = axes.constrain(q, axes.ACT_BTNH)  # (B, T, N, H)
+        k = axes.constrain(k, axes.ACT_BTKH)  # (B, T, K, H)
         v = axes.constrain(v, axes.ACT_BTKH)
-        out = grouped_query_attention(q, k, v, mask, rope=(cos, sin))  # (B, T, N, H)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+        out = kernel_ops(self.kernels).attention(q, k, v, segment_ids, rope=(cos, sin))
+        return checkpoint_name(self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)),
+                               "o_proj")
 
 
 class MLP(nnx.Module):
@@ -120,6 +126,7 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.kernels = cfg.kernels
         self.gate_proj = Linear(d, f, (axes.EMBED, axes.MLP), cfg, use_bias=bias,
                                 lora=_lora_for(cfg, "gate_proj"), rngs=rngs)
         self.up_proj = Linear(d, f, (axes.EMBED, axes.MLP), cfg, use_bias=bias,
@@ -128,7 +135,8 @@ class MLP(nnx.Module):
                                 lora=_lora_for(cfg, "down_proj"), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = axes.constrain(swiglu(self.gate_proj(x), self.up_proj(x)), axes.ACT_BTF)
+        hidden = kernel_ops(self.kernels).swiglu(self.gate_proj(x), self.up_proj(x))
+        hidden = axes.constrain(hidden, axes.ACT_BTF)
         return self.down_proj(hidden)
 
 
@@ -141,26 +149,26 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 segment_ids: jax.Array | None) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return axes.constrain(x, axes.ACT_BTD)
 
 
-def _run_block(block: Block, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-    return block(x, cos, sin, mask)
+def _run_block(block: Block, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               segment_ids: jax.Array | None) -> jax.Array:
+    return block(x, cos, sin, segment_ids)
 
 
-def attention_mask(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """Boolean (B, 1, T, T): causal, and within one packed segment when `segment_ids` is given.
-
-    Padding (segment 0) attends to padding, so no softmax row is empty; its loss is masked.
-    """
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-    if segment_ids is None:
-        return jnp.broadcast_to(causal, (batch, 1, length, length))
-    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    return causal & same
+def block_runner(policy: RematPolicy) -> Callable[..., jax.Array]:
+    """`_run_block`, rematerialised per block as `policy` says (`config.RematPolicy`)."""
+    if policy == "none":
+        return _run_block
+    saved = {"full": None,  # only the block's inputs
+             "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+             "save_qkvo": jax.checkpoint_policies.save_only_these_names(*QKVO_NAMES)}[policy]
+    return nnx.remat(_run_block, policy=saved)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -181,7 +189,8 @@ class LlamaForCausalLM(nnx.Module):
                  segment_ids: jax.Array | None = None) -> jax.Array:
         x = self.final_hidden(input_ids, positions, segment_ids)
         if self.lm_head is None:
-            logits = dense_transposed(x, self.embed_tokens["embedding"][...])
+            logits = kernel_ops(self.cfg.kernels).dense_transposed(
+                x, self.embed_tokens["embedding"][...])
         else:
             logits = self.lm_head(x)
         return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
@@ -199,7 +208,7 @@ class LlamaForCausalLM(nnx.Module):
             table = self.embed_tokens["embedding"][...]
         else:
             table = self.lm_head.kernel[...].T  # (V, D); the head has no bias and no LoRA
-        return head_cross_entropy(x, table, targets)
+        return kernel_ops(self.cfg.kernels).head_cross_entropy(x, table, targets)
 
     def final_hidden(self, input_ids: jax.Array, positions: jax.Array | None = None,
                      segment_ids: jax.Array | None = None) -> jax.Array:
@@ -210,12 +219,11 @@ class LlamaForCausalLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
-        mask = attention_mask(segment_ids, b, t)
         table = self.embed_tokens["embedding"][...]
         x = axes.constrain(jnp.take(table, input_ids, axis=0).astype(dtype), axes.ACT_BTD)
-        run_block = nnx.remat(_run_block) if cfg.remat else _run_block
+        run_block = block_runner(cfg.remat)
         for block in self.layers:
-            x = run_block(block, x, cos, sin, mask)
+            x = run_block(block, x, cos, sin, segment_ids)
         return self.norm(x)
 
 

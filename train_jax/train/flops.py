@@ -37,7 +37,7 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int =
                         device: jax.Device | None = None) -> float:
     """Best-of-`repeats` FLOP/s of a jitted square matmul of `dtype` inputs on one device.
 
-    Products accumulate in float32, as the model's do (`train_jax.model.dense`): for bf16 this
+    Products accumulate in float32, as the model's do (`train_jax.model.kernels`): for bf16 this
     is the fast kernel (docs/BENCHMARKS.md#training, "The first hand-written ops").
     """
     device = device or jax.local_devices()[0]

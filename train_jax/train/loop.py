@@ -29,9 +29,8 @@ from train_jax.train.flops import peak_flops, train_flops_per_token
 from train_jax.train.host_memory import HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.model_init import load_initial_model
-from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
 from train_jax.train.partition import ModelParts
-from train_jax.train.step import build_steps, init_state, put_batch
+from train_jax.train.step import build_train_steps, init_state, put_batch
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +119,11 @@ def train(cfg: RunConfig) -> RunResult:
     feed = BatchFeed.create(datasets, [s.weight for s in cfg.data.sources], cfg.train.batch_size,
                             cfg.train.micro_batches, cfg.train.seed)
     length = cfg.data.max_length
-    micro = cfg.train.micro_batches
-    train_shape = (micro, cfg.train.batch_size // micro, length)
 
     total_steps = planned_steps(cfg.train, sum(d.num_rows("train") for d in datasets))
-    schedule = learning_rate_schedule(cfg.optimizer, total_steps)
-    tx = build_optimizer(cfg.optimizer, schedule)
-    steps = build_steps(parts, tx, schedule, mesh, trainable, train_shape)
-    state = init_state(parts, tx, trainable, frozen, steps.state_shardings)
+    steps = build_train_steps(cfg, parts, mesh, trainable, total_steps)
+    train_shape = steps.batch_shape
+    state = init_state(parts, steps.tx, trainable, frozen, steps.state_shardings)
     del trainable, frozen
 
     ckpt_dir = run_dir / CHECKPOINT_DIR

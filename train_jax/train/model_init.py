@@ -14,6 +14,8 @@ from flax import nnx
 from train_jax import checkpoint as ckpt
 from train_jax.config.run_config import MethodConfig, ModelSpec
 from train_jax.model.config import ModelConfig
+from train_jax.model.kernels.backend import resolve_backend
+from train_jax.model.kernels.platform import target_platform
 from train_jax.model.llama import LlamaForCausalLM, init_model
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,16 @@ class InitialModel:
     cfg: ModelConfig
     model: LlamaForCausalLM
     assets_dir: Path  # copied into CKPT_DIR/hf_assets (tokenizer, chat template, ...)
+    # How the model was made (kind, path, seed) and the kernels it trains with ("kernels"):
+    # written into CKPT_DIR/jaxtune_checkpoint.json, hence into an export's provenance.
     source: dict[str, Any] = field(default_factory=dict)
 
 
 def load_initial_model(spec: ModelSpec, method: MethodConfig, seed: int) -> InitialModel:
     """Build the model of `spec`; LoRA adapters (if any) are freshly initialised from `seed`."""
-    options = {"dtype": spec.dtype, "param_dtype": spec.param_dtype, "remat": spec.remat,
+    kernels = resolved_kernels(spec)
+    options = {"dtype": spec.dtype, "param_dtype": spec.param_dtype,
+               "kernels": kernels["backend"], "remat": spec.remat,
                "lora": method.lora if method.name == "lora" else None}
     params: dict[str, Any] | None = None
     if spec.path is None:
@@ -66,12 +72,21 @@ def load_initial_model(spec: ModelSpec, method: MethodConfig, seed: int) -> Init
         assets = Path(spec.tokenizer)
     if not assets.is_dir():
         raise ModelInitError(f"tokenizer folder {assets} does not exist (model.tokenizer)")
+    source["kernels"] = kernels
     model = init_model(cfg, seed)
     if params is not None:
         _load_base_weights(model, params, cfg.param_dtype)
     logger.info("model: %s, %d layers, hidden %d, %.1fM parameters (%s)", cfg.model_type,
                 cfg.num_hidden_layers, cfg.hidden_size, _count(model) / 1e6, source["kind"])
     return InitialModel(cfg, model, assets, source)
+
+
+def resolved_kernels(spec: ModelSpec) -> dict[str, str]:
+    """The kernel backend `spec.kernels` resolves to here, logged once: the run's record of it."""
+    platform = target_platform()
+    backend = resolve_backend(spec.kernels, platform)
+    logger.info("kernels: %s -> %s (platform %s)", spec.kernels, backend, platform)
+    return {"setting": spec.kernels, "backend": backend, "platform": platform}
 
 
 def _count(model: LlamaForCausalLM) -> int:

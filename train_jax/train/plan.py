@@ -70,19 +70,36 @@ class Plan:
 def model_config_for_plan(cfg: RunConfig) -> ModelConfig:
     """The model architecture of the run, read from config files only (no weights)."""
     from train_jax import checkpoint as ckpt
+    from train_jax.model.kernels.backend import resolve_backend
 
     options = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
-               "remat": cfg.model.remat,
+               "kernels": resolve_backend(cfg.model.kernels), "remat": cfg.model.remat,
                "lora": cfg.method.lora if cfg.method.name == "lora" else None}
     if cfg.model.path is None:
         return ModelConfig.from_hf_config(dict(cfg.model.architecture or {}), **options)
     if ckpt.is_jaxtune_checkpoint(cfg.model.path):
         return ModelConfig.from_hf_config(ckpt.read_checkpoint_info(cfg.model.path).model_config,
                                           **options)
-    from train_jax.convert.hf_import import load_hf_config, resolve_model_dir
+    return ModelConfig.from_hf_config(hf_config_only(cfg.model.path), **options)
 
-    return ModelConfig.from_hf_config(load_hf_config(resolve_model_dir(Path(cfg.model.path))),
-                                      **options)
+
+def hf_config_only(name_or_path: str) -> dict[str, Any]:
+    """The `config.json` of an HF folder (weights or not) or hub id: for a hub id only that
+    file is fetched, so a plan never downloads weights."""
+    from train_jax.convert.hf_import import MissingFileError, load_hf_config, resolve_model_dir
+
+    local = Path(name_or_path).expanduser()
+    if local.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "~")):
+        return load_hf_config(resolve_model_dir(local))  # its errors say what is missing
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return load_hf_config(Path(hf_hub_download(name_or_path, "config.json")).parent)
+    except Exception as exc:  # noqa: BLE001 - offline / unknown repo / gated all end here
+        raise MissingFileError(
+            f"model.path {name_or_path} is not a local folder and its config.json could not be "
+            f"fetched from the Hugging Face hub ({type(exc).__name__}); point model.path at a "
+            "folder holding its config.json (configs/models/ has some)") from None
 
 
 def build_plan(cfg: RunConfig, num_devices: int, model_cfg: ModelConfig | None = None) -> Plan:
@@ -132,7 +149,8 @@ def activation_bytes(cfg: ModelConfig, rows: float, length: int, tensor: int) ->
     qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
     per_token = (8 * d + (qkv + 4 * f + 2 * cfg.num_attention_heads * t) / tensor) * item
     per_layer = rows * t * per_token
-    layers = (cfg.num_hidden_layers * rows * t * d * item + per_layer) if cfg.remat else (
+    remat = cfg.remat != "none"  # every policy recomputes at least the attention and the MLP
+    layers = (cfg.num_hidden_layers * rows * t * d * item + per_layer) if remat else (
         cfg.num_hidden_layers * per_layer)
     logits = 2 * rows * t * cfg.vocab_size * 4 / tensor
     return int(layers + logits)
@@ -165,6 +183,6 @@ def render_plan(plan: Plan, cfg: RunConfig) -> str:
               f"  gradients         {format_bytes(plan.grad_bytes)}",
               f"  optimizer (AdamW) {format_bytes(plan.optimizer_bytes)}",
               (f"  activations       {format_bytes(plan.activation_bytes)} (estimate"
-               f"{', remat' if cfg.model.remat else ''})"),
+               f"{'' if cfg.model.remat == 'none' else f', remat {cfg.model.remat}'})"),
               f"  total             {format_bytes(plan.total_bytes)}"]
     return "\n".join(lines)

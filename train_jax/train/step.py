@@ -20,7 +20,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from train_jax.config.run_config import RunConfig
+from train_jax.data.packing import ARRAY_DTYPES
+from train_jax.sharding.per_shard import per_shard_mapping
 from train_jax.sharding.specs import batch_sharding, named, state_specs, use_mesh_constraints
+from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
 from train_jax.train.partition import ModelParts, PureTree
 
 TrainState = dict[str, Any]  # {"step", "trainable", "frozen", "opt_state"}
@@ -32,7 +36,8 @@ def _loss_sums(parts: ModelParts, mesh: Mesh, trainable: PureTree, frozen: PureT
                batch: Batch, rng_index: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     """Sum of masked token cross-entropies and the number of trained tokens of one pass."""
     model = parts.merge(trainable, frozen, rng_index, train=train)
-    with use_mesh_constraints(mesh):
+    # Activation constraints, and kernels XLA cannot partition (Mosaic) run shard by shard.
+    with use_mesh_constraints(mesh), per_shard_mapping(mesh):
         ce = model.token_losses(batch["input_ids"], batch["targets"], batch["positions"],
                                 batch["segment_ids"])
     mask = batch["loss_mask"].astype(jnp.float32)
@@ -43,10 +48,29 @@ def _loss_sums(parts: ModelParts, mesh: Mesh, trainable: PureTree, frozen: PureT
 class StepFunctions:
     """Jitted `train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch)`."""
 
-    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    train_step: Any  # jax.jit output: call it, or `.lower(state, batch)` ahead of time
     eval_step: Callable[[TrainState, Batch], dict[str, jax.Array]]
     state_shardings: Any
     batch_shardings: Callable[[tuple[int, ...]], dict[str, NamedSharding]]
+    tx: optax.GradientTransformation
+    batch_shape: tuple[int, int, int]  # of a train batch: (micro_batches, rows, length)
+
+
+def train_batch_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """(micro_batches, rows per micro-batch, length) of one global train batch of `cfg`."""
+    micro = cfg.train.micro_batches
+    return micro, cfg.train.batch_size // micro, cfg.data.max_length
+
+
+def build_train_steps(cfg: RunConfig, parts: ModelParts, mesh: Mesh, trainable: PureTree,
+                      total_steps: int) -> StepFunctions:
+    """The jitted steps of run `cfg` on `mesh`: optimizer, schedule and batch shape from the
+    config. The one builder `jaxtune train` and the AOT plan (`aot_plan.py`) share, so a plan
+    compiles exactly the step training runs. `trainable` may be abstract (ShapeDtypeStructs).
+    """
+    schedule = learning_rate_schedule(cfg.optimizer, total_steps)
+    tx = build_optimizer(cfg.optimizer, schedule)
+    return build_steps(parts, tx, schedule, mesh, trainable, train_batch_shape(cfg))
 
 
 def state_partition_specs(parts: ModelParts, tx: optax.GradientTransformation, mesh: Mesh,
@@ -67,10 +91,10 @@ def state_partition_specs(parts: ModelParts, tx: optax.GradientTransformation, m
 
 
 def build_steps(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                mesh: Mesh, trainable: PureTree, train_batch_shape: tuple[int, int, int]
+                mesh: Mesh, trainable: PureTree, batch_shape: tuple[int, int, int]
                 ) -> StepFunctions:
     """Jit the train and eval steps; batches are (micro_batches, rows, length)."""
-    micro_batches = train_batch_shape[0]
+    micro_batches = batch_shape[0]
     specs = state_partition_specs(parts, tx, mesh, trainable)
     shardings = named(mesh, specs)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -127,11 +151,11 @@ def build_steps(parts: ModelParts, tx: optax.GradientTransformation, schedule: o
     def batch_shardings(shape: tuple[int, ...]) -> dict[str, NamedSharding]:
         return {k: batch_sharding(mesh, shape) for k in BATCH_KEYS}
 
-    jit_train = jax.jit(train_step, in_shardings=(shardings, batch_shardings(train_batch_shape)),
+    jit_train = jax.jit(train_step, in_shardings=(shardings, batch_shardings(batch_shape)),
                         out_shardings=(shardings, replicated), donate_argnums=0)
     # Eval batches may have another shape; they arrive already placed by `put_batch`.
     jit_eval = jax.jit(eval_step, in_shardings=(shardings, None), out_shardings=replicated)
-    return StepFunctions(jit_train, jit_eval, shardings, batch_shardings)
+    return StepFunctions(jit_train, jit_eval, shardings, batch_shardings, tx, batch_shape)
 
 
 def init_state(parts: ModelParts, tx: optax.GradientTransformation, trainable: PureTree,
@@ -142,6 +166,25 @@ def init_state(parts: ModelParts, tx: optax.GradientTransformation, trainable: P
     opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(trainable)
     step = place(jnp.zeros((), jnp.int32), shardings["step"])
     return {"step": step, "trainable": trainable, "frozen": frozen, "opt_state": opt_state}
+
+
+def abstract_state(tx: optax.GradientTransformation, trainable: PureTree, frozen: PureTree,
+                   shardings: Any) -> TrainState:
+    """`init_state`'s result as ShapeDtypeStructs carrying the shardings: no memory, no
+    devices, what `train_step.lower` takes ahead of time."""
+    def spec(x: Any, sharding: NamedSharding) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "trainable": trainable,
+             "frozen": frozen, "opt_state": jax.eval_shape(tx.init, trainable)}
+    return jax.tree.map(spec, state, shardings)
+
+
+def abstract_batch(shardings: dict[str, NamedSharding], shape: tuple[int, int, int]
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+    """A train batch of `shape` as ShapeDtypeStructs with the dtypes the data feed yields."""
+    return {k: jax.ShapeDtypeStruct(shape, ARRAY_DTYPES[k], sharding=shardings[k])
+            for k in BATCH_KEYS}
 
 
 def place(tree: Any, shardings: Any) -> Any:

@@ -24,7 +24,9 @@ CONFIG = "tests/infra/golden/run_config.yaml"
 
 
 def _dry_run(capsys, *argv: str) -> str:
-    assert main(["launch", "tpu", *argv, "--dry-run"]) == 0
+    # The fixture config's model is a hub id (no config.json offline): these tests are about the
+    # commands; the fit check has its own (test_launch_plan.py).
+    assert main(["launch", "tpu", *argv, "--dry-run", "--skip-plan"]) == 0
     # The local interpreter path differs between machines; everything else must match.
     return capsys.readouterr().out.replace(shlex.quote(sys.executable), "<python>")
 
@@ -82,7 +84,7 @@ def test_multi_host_needs_a_shared_run_dir(capsys, no_subprocess):
     assert "run_dir=gs://BUCKET/PATH" in capsys.readouterr().err
     # One host has nothing to share with: a local run_dir is fine there.
     assert main(["launch", "tpu", "--tpu-type", "v5p-8", "--zone", "us-east5-a", "--config",
-                 CONFIG, "run_dir=runs/local", "--dry-run"]) == 0
+                 CONFIG, "run_dir=runs/local", "--dry-run", "--skip-plan"]) == 0
 
 
 def test_the_configs_local_inputs_are_shipped_to_the_same_relative_paths(capsys, no_subprocess):
@@ -180,7 +182,8 @@ def fake_cloud(tmp_path, monkeypatch):
 def _launch_args(fake_cloud) -> list[str]:
     return ["launch", "tpu", "--tpu-type", "v5p-16", "--zone", "us-east5-a", "--config", CONFIG,
             "train.steps=20", "--name", "run1", "--source", str(fake_cloud["source"]),
-            "--dist-dir", str(fake_cloud["dist"]), "--delete", "--poll-seconds", "0"]
+            "--dist-dir", str(fake_cloud["dist"]), "--delete", "--poll-seconds", "0",
+            "--skip-plan"]
 
 
 def _gcloud_calls(log: Path) -> list[list[str]]:

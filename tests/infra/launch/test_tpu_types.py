@@ -2,7 +2,8 @@
 
 import pytest
 
-from infra.launch.tpu_types import TpuTypeError, parse_tpu_type
+from infra.launch.tpu_types import LAUNCH_FACTS, TpuTypeError, launch_facts, parse_tpu_type
+from train_jax.sharding.tpu_slices import GENERATIONS
 
 
 @pytest.mark.parametrize(
@@ -25,9 +26,31 @@ def test_known_slices(name, chips, hosts, per_host, topology, gke_label):
     tpu = parse_tpu_type(name)
     assert (tpu.chips, tpu.hosts, tpu.chips_per_host, tpu.topology) == (
         chips, hosts, per_host, topology)
-    assert tpu.generation.gke_accelerator == gke_label
+    assert launch_facts(tpu).gke_accelerator == gke_label
     assert tpu.multi_host == (hosts > 1)
     assert tpu.hosts * tpu.chips_per_host == tpu.chips
+
+
+def test_every_generation_has_launch_facts():
+    assert LAUNCH_FACTS.keys() == GENERATIONS.keys()
+
+
+@pytest.mark.parametrize(
+    ("name", "libtpu_name", "options"),
+    [
+        ("v4-8", "v4:2x2x1", {"chips_per_host_bounds": (2, 2, 1), "wrap": (False,) * 3,
+                              "chip_config_name": "megacore"}),
+        ("v5p-128", "v5p:4x4x4", {"chips_per_host_bounds": (2, 2, 1), "wrap": (True,) * 3}),
+        ("v5litepod-1", "v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+        ("v5litepod-8", "v5e:2x4", {"chips_per_host_bounds": (2, 4, 1)}),
+        ("v6e-256", "v6e:16x16", {"chips_per_host_bounds": (2, 2, 1),
+                                  "wrap": (True, True, False)}),
+    ],
+)
+def test_libtpu_topology_arguments(name, libtpu_name, options):
+    tpu = parse_tpu_type(name)
+    assert tpu.topology_name == libtpu_name
+    assert options.items() <= tpu.topology_options().items()
 
 
 def test_explicit_topology_for_sizes_without_default():

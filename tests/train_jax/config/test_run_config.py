@@ -34,6 +34,13 @@ def test_defaults_and_overrides(minimal):
     assert cfg.method.lora.targets == ("q_proj", "k_proj")
 
 
+def test_kernels_and_remat_default_to_auto_and_none(minimal):
+    cfg = load_run_config(minimal)
+    assert (cfg.model.kernels, cfg.model.remat) == ("auto", "none")
+    cfg = load_run_config(minimal, ["model.kernels=reference", "model.remat=save_qkvo"])
+    assert (cfg.model.kernels, cfg.model.remat) == ("reference", "save_qkvo")
+
+
 def test_model_shorthand_replaces_a_random_init(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({**MINIMAL, "model": {"architecture": {"model_type": "llama"},
@@ -54,6 +61,10 @@ def test_model_shorthand_replaces_a_random_init(tmp_path):
     ("train.steps", "must look like key=value"),
     ("data.sources.3.weight=1", "data.sources.3 is not an index"),
     ("data.sources.0.dataset.task=poetry", "task must be one of"),
+    ("model.kernels=cuda", "model.kernels must be one of auto, reference, xla_cpu, tpu, gpu"),
+    # remat was a boolean: an old config says which policies replace it.
+    ("model.remat=true", "model.remat must be one of none, full, save_dots, save_qkvo; got True"),
+    ("model.remat=false", "model.remat must be one of none, full, save_dots, save_qkvo"),
 ])
 def test_bad_keys_and_values_are_named(minimal, override, message):
     extra = ["train.micro_batches=4"] if "batch_size" in override else []

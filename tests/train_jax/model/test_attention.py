@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.train_jax.model.vjp_check import assert_same_vjp
-from train_jax.model.attention import grouped_query_attention
-from train_jax.model.llama import attention_mask
+from train_jax.model.kernels.mask import attention_mask
+from train_jax.model.kernels.xla_cpu.attention import grouped_query_attention
 from train_jax.model.rope import apply_rope, rope_cos_sin
 
 

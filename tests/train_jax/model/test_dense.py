@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from tests.train_jax.model.vjp_check import assert_same_vjp
-from train_jax.model.dense import dense, dense_transposed
+from train_jax.model.kernels.xla_cpu.dense import dense, dense_transposed
 
 
 @pytest.mark.parametrize("compute_dtype", [jnp.float32, jnp.bfloat16])

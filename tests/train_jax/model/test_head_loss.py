@@ -12,7 +12,7 @@ from flax import nnx
 
 from tests.train_jax.model.vjp_check import assert_same_vjp
 from train_jax.model.config import ModelConfig
-from train_jax.model.head_loss import head_cross_entropy
+from train_jax.model.kernels.xla_cpu.head_loss import head_cross_entropy
 from train_jax.model.llama import init_model
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.train_jax.model.vjp_check import assert_same_vjp
-from train_jax.model.norm import rms_norm
+from train_jax.model.kernels.xla_cpu.norm import rms_norm
 
 EPS = 1e-5
 

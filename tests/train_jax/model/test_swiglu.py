@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.train_jax.model.vjp_check import assert_same_vjp
-from train_jax.model.swiglu import swiglu
+from train_jax.model.kernels.xla_cpu.swiglu import swiglu
 
 
 def _plain(gate, up):

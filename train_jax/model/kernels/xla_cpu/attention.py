@@ -21,6 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from train_jax.model.kernels.mask import attention_mask
 from train_jax.model.rope import apply_rope
 
 
@@ -39,6 +40,14 @@ def _merge_heads(x: jax.Array) -> jax.Array:
     """(B, K, G, T, H) -> (B, T, K * G, H)."""
     b, kv, g, t, h = x.shape
     return x.transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, h)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+              rope: tuple[jax.Array, jax.Array] | None = None, causal: bool = True) -> jax.Array:
+    """The kernel-backend interface (`kernels.backend.AttentionFn`): self-attention of q
+    (B, T, N, H) over k, v (B, T, K, H), masked by causality and packed `segment_ids` (B, T)."""
+    b, t = q.shape[:2]
+    return grouped_query_attention(q, k, v, attention_mask(segment_ids, b, t, causal=causal), rope)
 
 
 def grouped_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
