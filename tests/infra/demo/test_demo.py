@@ -24,7 +24,7 @@ def _demo_argv(out: Path, base: Path) -> list[str]:
             "--eval-limit", "6", "--shots", "1", "--latency-concurrency", "1,2",
             "--latency-requests", "4",
             "--serve-arg=--kv-cache-gib", "--serve-arg=0.25", "--serve-arg=--enforce-eager",
-            "--serve-arg=--max-model-len", "--serve-arg=512",
+            "--serve-arg=--max-model-len", "--serve-arg=2048",
             "train.steps=12", "train.log_every=2", "eval.every=6", "checkpoint.every=6"]
 
 
@@ -34,7 +34,10 @@ def _stage_record(out: Path, name: str) -> dict | None:
 
 
 def test_demo_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) -> None:
-    base = build_tiny_hf_model(tmp_path / "base")
+    # The prompted baseline (instruction + a shot, in the tiny tokenizer's many short tokens)
+    # needs more than 512 tokens of context; a request that does not fit is now unscored and
+    # fails the eval, as it should, instead of counting as a wrong answer.
+    base = build_tiny_hf_model(tmp_path / "base", max_position_embeddings=2048)
     out = tmp_path / "demo"
     argv = _demo_argv(out, base)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
