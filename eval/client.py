@@ -65,6 +65,11 @@ class ClientConfig:
         return base if base.endswith("/v1") else base + "/v1"
 
     @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of every request: the bearer token when an API key is set."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
     def url(self) -> str:
         """Full URL of the endpoint."""
         return self.api_base + ("/completions" if self.endpoint == "completions"
@@ -143,11 +148,10 @@ class OpenAIClient:
         self.config = config
         self.cache = cache
         self._semaphore = asyncio.Semaphore(config.concurrency)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         limits = httpx.Limits(max_connections=config.concurrency + 4,
                               max_keepalive_connections=config.concurrency + 4)
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
-        self._http = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
+        self._http = httpx.AsyncClient(headers=config.headers, limits=limits, timeout=timeout)
 
     async def __aenter__(self) -> Self:
         return self

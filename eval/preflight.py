@@ -20,10 +20,9 @@ def check_server(config: ClientConfig) -> list[str]:
     """GET /v1/models: raise `ServerCheckError` unless the server answers and lists
     `config.model`; returns the served model names."""
     url = f"{config.api_base}/models"
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     timeout = httpx.Timeout(min(config.timeout_s, 30.0), connect=config.connect_timeout_s)
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout)
+        response = httpx.get(url, headers=config.headers, timeout=timeout)
     except httpx.ConnectError as exc:
         raise ServerCheckError(
             f"no server at {config.api_base} ({_reason(exc)}); start one with `jaxtune serve` "

@@ -30,7 +30,7 @@ from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import RunConfig, apply_overrides, run_config_from_dict
 from train_jax.model.config import ModelConfig
 from train_jax.sharding.tpu_slices import TpuSlice
-from train_jax.train.flops import train_flops_per_token
+from train_jax.train.flops import attention_forward_flops_per_token, train_flops_per_token
 from train_jax.train.tpu_compile import CompiledStep, PlanError, compile_for_slice, require_libtpu
 
 TIGHT_FRACTION = 0.95  # a peak above this share of HBM fits on paper but leaves no headroom
@@ -220,7 +220,7 @@ def _attention_flops(cfg: RunConfig, m: ModelConfig, *, causal: bool, remat: boo
     one more forward (every policy recomputes attention)."""
     t = cfg.data.max_length
     passes = 3 + (m.remat != "none" if remat else 0)
-    forward = 4 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * t
+    forward = attention_forward_flops_per_token(m, t)
     return passes * forward * (0.5 if causal else 1.0) * cfg.train.batch_size * t
 
 

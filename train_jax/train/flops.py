@@ -24,10 +24,15 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.num_hidden_layers * per_layer + d * cfg.vocab_size
 
 
+def attention_forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs per token of the dense (T x T) attention products (scores and values)."""
+    return 4 * cfg.num_hidden_layers * seq_len * cfg.num_attention_heads * cfg.head_dim
+
+
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, trainable_fraction: float = 1.0) -> float:
     """FLOPs of one training step per token position (forward + backward)."""
     n = matmul_params(cfg)
-    attention = 4 * cfg.num_hidden_layers * seq_len * cfg.num_attention_heads * cfg.head_dim
+    attention = attention_forward_flops_per_token(cfg, seq_len)
     forward = 2 * n + attention
     backward = 2 * n + 2 * attention + 2 * n * trainable_fraction
     return forward + backward
