@@ -115,6 +115,61 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class DpoConfig:
+    """Direct preference optimisation (Rafailov et al. 2023) on (prompt, chosen, rejected) rows."""
+
+    beta: float = 0.1  # strength of the implicit KL to the reference model
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = 0.0  # conservative DPO: assumed rate of flipped preferences
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"objective.dpo.beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError("objective.dpo.label_smoothing must be in [0, 0.5), got "
+                              f"{self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    """Group relative policy optimisation (Shao et al. 2024) with a task's verifiable reward."""
+
+    group_size: int = 4  # G completions sampled per prompt
+    prompts_per_step: int = 4  # prompts per update; the batch is prompts_per_step x group_size
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    clip_epsilon: float = 0.2  # PPO-style ratio clip
+    kl_coef: float = 0.04  # weight of the k3 KL estimate to the reference model
+    format_reward: float = 0.0  # added when the completion parses in the task's output shape
+    rollout: Literal["flax", "vllm"] = "flax"
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "prompts_per_step", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"objective.grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError("objective.grpo.group_size must be >= 2: advantages are relative "
+                              "to the group")
+        if self.temperature <= 0:
+            raise ConfigError(f"objective.grpo.temperature must be > 0, got {self.temperature}")
+        if self.clip_epsilon <= 0 or self.kl_coef < 0 or self.format_reward < 0:
+            raise ConfigError("objective.grpo: clip_epsilon must be > 0, kl_coef and "
+                              "format_reward >= 0")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the run optimises: next-token likelihood (sft), preferences (dpo) or a reward (grpo).
+
+    Orthogonal to `method` (which weights train): DPO and GRPO work with full, LoRA and freeze.
+    """
+
+    name: Literal["sft", "dpo", "grpo"] = "sft"
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Length and shape of the run. `batch_size` is global (all devices and hosts)."""
 
@@ -225,6 +280,7 @@ class RunConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -97,6 +97,12 @@ def planned_steps(train_cfg: TrainConfig, train_rows: int) -> int:
 
 def train(cfg: RunConfig) -> RunResult:
     """Run (or resume) the training described by `cfg`."""
+    if cfg.objective.name == "dpo":
+        from train_jax.train.dpo.loop import train_dpo
+        return train_dpo(cfg)
+    if cfg.objective.name == "grpo":
+        from train_jax.train.grpo.loop import train_grpo
+        return train_grpo(cfg)
     run_dir = Path(cfg.run_dir)
     is_main = jax.process_index() == 0
     if is_main:
