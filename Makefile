@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
+# --durations: the suite's budget is ~15 minutes; the log names the tests that spend it.
 test: setup
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q --durations=25
 
 test-slow: setup
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -m slow

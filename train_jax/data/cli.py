@@ -14,8 +14,9 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of `jaxtune data prepare`."""
     parser.add_argument("--task", required=True, choices=TASK_NAMES,
-                        help="built-in task, 'jsonl' (prompt/completion rows, JSONL or CSV) "
-                             "or 'chat' (rows with a messages list)")
+                        help="built-in task, 'jsonl' (prompt/completion rows, JSONL or CSV), "
+                             "'chat' (rows with a messages list) or 'preference' "
+                             "(prompt/chosen/rejected rows for DPO)")
     parser.add_argument("--data", required=True,
                         help="training file (.jsonl/.csv) or hf://owner/name[@split]")
     parser.add_argument("--val", default=None, help="validation file (optional)")

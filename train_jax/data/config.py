@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-TaskName = Literal["viggo", "sql", "gsm8k", "jsonl", "chat"]
+TaskName = Literal["viggo", "sql", "gsm8k", "jsonl", "chat", "preference"]
 PromptStyle = Literal["chat", "structured"]
 LeakagePolicy = Literal["report", "drop"]
 
@@ -22,7 +22,8 @@ class DataConfig:
 
     `task` is a built-in task (viggo, sql, gsm8k), `jsonl` (prompt/completion rows from a
     JSONL or CSV file, field names configurable) or `chat` (rows holding a `messages` list;
-    only assistant turns are trained on). `train_file`/`val_file` are local paths or
+    only assistant turns are trained on) or `preference` (prompt/chosen/rejected rows for DPO,
+    one padded (chosen, rejected) pair per row; `train_jax.data.preference`). `train_file`/`val_file` are local paths or
     ``hf://owner/name[@split]`` for a Hugging Face hub dataset (needs network).
     Without `val_file`, `val_fraction` of the cleaned training rows becomes the validation
     split (GSM8K ships no validation split). Every example's token count (prompt +

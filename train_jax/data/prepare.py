@@ -105,7 +105,15 @@ def prepare_dataset(cfg: DataConfig, tokenizer_or_model: Any, out_dir: str | Pat
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
     try:
-        _build(cfg, tokenizer, key, build, progress=progress)
+        if cfg.task == "preference":  # (chosen, rejected) pairs for DPO: their own layout
+            from train_jax.data.preference import build_preference
+
+            files = {split: None if spec is None else _local_file(spec, build, split)
+                     for split, spec in (("train", cfg.train_file), ("val", cfg.val_file))}
+            build_preference(cfg, tokenizer, key, files, build, base_meta(tokenizer),
+                             progress=progress)
+        else:
+            _build(cfg, tokenizer, key, build, progress=progress)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(build, out)
     finally:
@@ -217,12 +225,16 @@ def _build(cfg: DataConfig, tokenizer: Any, key: str, build: Path, *, progress: 
         meta_splits[split] = {"rows": len(rows), "examples": len(kept)}
         rendered_examples[split] = list(zip(kept, tokenized, strict=True))
 
-    meta = {
+    meta = {**base_meta(tokenizer), "cache_key": key, "config": cfg.to_dict(),
+            "max_length": cfg.max_length, "splits": meta_splits}
+    write_report(build, cfg, stats, leakage, rendered_examples, tokenizer)
+    (build / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def base_meta(tokenizer: Any) -> dict[str, Any]:
+    """The meta.json entries every prepared dataset has: format and tokenizer facts."""
+    return {
         "format": FORMAT_VERSION,
-        "cache_key": key,
-        "config": cfg.to_dict(),
-        "max_length": cfg.max_length,
-        "splits": meta_splits,
         "tokenizer": {
             "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
             "eos_token_id": int(tokenizer.eos_token_id),
@@ -230,8 +242,6 @@ def _build(cfg: DataConfig, tokenizer: Any, key: str, build: Path, *, progress: 
             "vocab_size": len(tokenizer),
         },
     }
-    write_report(build, cfg, stats, leakage, rendered_examples, tokenizer)
-    (build / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 def _tokenize_split(samples: Sequence[Sample], cfg: DataConfig, tokenizer: Any,

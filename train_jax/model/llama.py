@@ -63,6 +63,9 @@ class Linear(nnx.Module):
         self.bias = (_param(jnp.zeros((out_features,), cfg.param_dtype), (logical_axes[1],))
                      if use_bias else None)
         self.lora_scale = lora.scale if lora else 0.0
+        # False computes the base projection alone: the DPO reference of a LoRA run is the
+        # same weights with the adapters off (`LlamaForCausalLM.set_lora_enabled`).
+        self.lora_enabled = True
         if lora:
             bound = 1.0 / math.sqrt(in_features)  # PEFT's kaiming-uniform(a=sqrt(5)) bound
             a = jax.random.uniform(rngs.params(), (in_features, lora.rank), minval=-bound, maxval=bound)
@@ -78,7 +81,7 @@ class Linear(nnx.Module):
         y = kernel_ops(self.kernels).dense(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        if self.lora_a is not None:
+        if self.lora_a is not None and self.lora_enabled:
             h = self.lora_dropout(x) if self.lora_dropout is not None else x
             low_rank = (h @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
             y = y + self.lora_scale * low_rank
@@ -194,6 +197,15 @@ class LlamaForCausalLM(nnx.Module):
         else:
             logits = self.lm_head(x)
         return axes.constrain(logits.astype(jnp.float32), axes.ACT_BTV)
+
+    def set_lora_enabled(self, enabled: bool) -> None:
+        """Switch every LoRA adapter on or off; off, the model computes exactly its base
+        weights (the adapters are skipped, not zeroed). A no-op without LoRA."""
+        for block in self.layers:
+            attn, mlp = block.self_attn, block.mlp
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                           mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                linear.lora_enabled = enabled
 
     def token_losses(self, input_ids: jax.Array, targets: jax.Array,
                      positions: jax.Array | None = None,

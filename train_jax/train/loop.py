@@ -10,89 +10,34 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import jax
 import numpy as np
-import yaml
 
-from train_jax import checkpoint as ckpt
-from train_jax.config.run_config import RunConfig, TrainConfig
-from train_jax.sharding.mesh import build_mesh
+from train_jax.config.run_config import RunConfig
 from train_jax.train.checkpointing import TrainCheckpointer
-from train_jax.train.data_feed import BatchFeed, prepare_sources, validation_batches
+from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
 from train_jax.train.host_memory import HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
-from train_jax.train.model_init import load_initial_model
-from train_jax.train.partition import ModelParts
+from train_jax.train.run_control import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RunResult,
+    StopFlag,
+    planned_steps,
+    progress_bar,
+    write_resolved_config,
+)
+from train_jax.train.run_setup import open_outputs, restore_latest, start_run
 from train_jax.train.step import build_train_steps, init_state, put_batch
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class RunResult:
-    """How a run ended."""
-
-    final_step: int
-    interrupted_by: int | None = None  # the signal number that stopped the run early
-    last_loss: float | None = None
-    total_steps: int | None = None  # the planned length (train.steps, or from train.epochs)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.interrupted_by is None else 128 + self.interrupted_by
-
-
-class _StopFlag:
-    """Records SIGTERM/SIGINT so the loop can save and stop between steps."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Self:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt  # a second signal: stop now
-        logger.warning("signal %d: finishing this step, saving a checkpoint, then stopping",
-                       signum)
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
-    """RUN_DIR/config.yaml: the config after overrides, with every default spelled out."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def planned_steps(train_cfg: TrainConfig, train_rows: int) -> int:
-    """`train.steps`, or with `train.epochs` the steps that pass over the train rows that often."""
-    if train_cfg.epochs is None:
-        return train_cfg.steps
-    steps = max(1, math.ceil(train_cfg.epochs * train_rows / train_cfg.batch_size))
-    logger.info("train.epochs=%g over %d packed rows at batch %d: %d steps", train_cfg.epochs,
-                train_rows, train_cfg.batch_size, steps)
-    return steps
+__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "RunResult", "planned_steps", "train",
+           "write_resolved_config"]
 
 
 def train(cfg: RunConfig) -> RunResult:
@@ -103,46 +48,18 @@ def train(cfg: RunConfig) -> RunResult:
     if cfg.objective.name == "grpo":
         from train_jax.train.grpo.loop import train_grpo
         return train_grpo(cfg)
-    run_dir = Path(cfg.run_dir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        write_resolved_config(cfg, run_dir)
-    mesh = build_mesh(cfg.mesh)
-    logger.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
-                jax.process_count())
-
-    initial = load_initial_model(cfg.model, cfg.method, cfg.train.seed)
-    parts, trainable, frozen = ModelParts.split(initial.model, cfg.method)
-    del initial.model
-    n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
-    n_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
-    logger.info("method %s: %.2fM trainable, %.2fM frozen parameters", cfg.method.name,
-                n_train / 1e6, n_frozen / 1e6)
-
-    datasets = prepare_sources(cfg.data, initial.assets_dir,
-                               Path(cfg.data.prepared_dir or run_dir / "data"),
-                               progress=cfg.train.progress)
-    feed = BatchFeed.create(datasets, [s.weight for s in cfg.data.sources], cfg.train.batch_size,
-                            cfg.train.micro_batches, cfg.train.seed)
+    run = start_run(cfg)
+    initial, datasets, feed, total_steps = run.initial, run.datasets, run.feed, run.total_steps
+    n_train, n_frozen, parts = run.n_train, run.n_frozen, run.parts
     length = cfg.data.max_length
-
-    total_steps = planned_steps(cfg.train, sum(d.num_rows("train") for d in datasets))
-    steps = build_train_steps(cfg, parts, mesh, trainable, total_steps)
+    steps = build_train_steps(cfg, parts, run.mesh, run.trainable, total_steps)
     train_shape = steps.batch_shape
-    state = init_state(parts, steps.tx, trainable, frozen, steps.state_shardings)
-    del trainable, frozen
+    state = init_state(parts, steps.tx, run.trainable, run.frozen, steps.state_shardings)
+    run.trainable = run.frozen = {}  # the state holds them now
 
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    if is_main:
-        ckpt.write_checkpoint_info(ckpt_dir, initial.cfg, source=initial.source,
-                                   assets_from=initial.assets_dir)
-    checkpointer = TrainCheckpointer(ckpt_dir, cfg.checkpoint)
-    metrics = MetricsLogger(run_dir, enabled=is_main)
-    start = checkpointer.latest_step()
+    checkpointer, metrics = open_outputs(cfg, run)
+    state, start = restore_latest(checkpointer, metrics, feed, state)
     if start is not None:
-        state, data_state = checkpointer.restore(start, state)
-        feed.set_state(data_state)
-        metrics.truncate_after(start)
         logger.info("resumed from checkpoint step %d", start)
 
     val_rows = train_shape[1] // jax.process_count()
@@ -163,13 +80,13 @@ def train(cfg: RunConfig) -> RunResult:
                  (lambda s: task_metric(parts.merge(s["trainable"], s["frozen"], train=False)))
                  if task_metric else None)
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             result = loop.run(state, stop)
     finally:
         checkpointer.close()
         metrics.close()
-    if is_main:
-        plot_loss_curve(metrics.path, run_dir / PLOT_FILE)
+    if run.is_main:
+        plot_loss_curve(metrics.path, run.run_dir / PLOT_FILE)
     return result
 
 
@@ -204,13 +121,13 @@ class _Loop:
     def save(self, state: Any, values: dict[str, Any]) -> None:
         self.checkpointer.save(state, self.feed.get_state(), self.config_dict, values)
 
-    def run(self, state: Any, stop: _StopFlag) -> RunResult:
+    def run(self, state: Any, stop: StopFlag) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state["step"]))
         total = self.total_steps
         budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
         started = time.perf_counter()
-        bar = _progress(cfg.progress and jax.process_index() == 0, step, total)
+        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total)
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
         heap = HeapTrimmer(cfg.host_allocator == "retain")
@@ -268,10 +185,3 @@ class _Loop:
         logger.info("stopped at step %d of %d", step, total)
         return RunResult(step, stop.signum, last_loss, total)
 
-
-def _progress(enabled: bool, start: int, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""Direct preference optimisation: loss, reference model, jitted step and the training loop."""

@@ -1,0 +1,170 @@
+"""One DPO run: the supervised run's start, checkpoints and resume, with the preference step.
+
+`train_dpo(cfg)` is what `jaxtune train` runs for `objective.name: dpo`. The data sources must
+be preference datasets (`task: preference`); the reference model is rebuilt from the starting
+weights on every (re)start, so checkpoints hold only the policy (and `jaxtune export` exports
+it like any run). Each logged step writes `loss`, `reward_margin`, `accuracy`, `chosen_logp`,
+`rejected_logp`, `chosen_reward`, `rejected_reward`, `grad_norm`, `lr`, `tokens_per_s` and
+`epoch`; evaluation adds the same with a `val_` prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from train_jax.config.loading import ConfigError
+from train_jax.config.run_config import RunConfig
+from train_jax.train.checkpointing import TrainCheckpointer
+from train_jax.train.data_feed import BatchFeed, validation_batches
+from train_jax.train.dpo.plots import plot_dpo_curves
+from train_jax.train.dpo.step import SUM_KEYS, DpoSteps, build_dpo_steps
+from train_jax.train.host_memory import HeapTrimmer
+from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
+from train_jax.train.partition import PureTree
+from train_jax.train.run_control import RunResult, StopFlag, progress_bar
+from train_jax.train.run_setup import open_outputs, restore_latest, start_run
+from train_jax.train.step import init_state, place, put_batch
+
+logger = logging.getLogger(__name__)
+
+DPO_PLOT_FILE = "dpo_curves.png"
+VAL_KEYS: tuple[str, ...] = ("loss", "reward_margin", "accuracy", "chosen_logp", "rejected_logp")
+
+
+def check_dpo_config(cfg: RunConfig) -> None:
+    """Refuse settings a DPO run cannot honour, naming the key to change."""
+    tasks = sorted({s.dataset.task for s in cfg.data.sources if s.dataset.task != "preference"})
+    if tasks:
+        raise ConfigError(f"objective.name=dpo needs preference data (data.sources.*.dataset."
+                          f"task: preference), got task {', '.join(tasks)}")
+    if cfg.eval.task_samples:
+        raise ConfigError("eval.task_samples is not supported with objective.name=dpo; set it "
+                          "to 0 (evaluate the exported model with `jaxtune eval accuracy`)")
+
+
+def train_dpo(cfg: RunConfig) -> RunResult:
+    """Run (or resume) the DPO training described by `cfg`."""
+    check_dpo_config(cfg)
+    run = start_run(cfg)
+    # Full and freeze: the reference is a frozen copy of the starting trainable weights (the
+    # frozen ones are shared). LoRA: the base itself with the adapters off, no second copy.
+    has_copy = cfg.method.name != "lora"
+    steps = build_dpo_steps(cfg, run.parts, run.mesh, run.trainable, has_copy, run.total_steps)
+    reference: PureTree = place(run.trainable, steps.reference_shardings) if has_copy else {}
+    state = init_state(run.parts, steps.tx, run.trainable, run.frozen, steps.state_shardings)
+    run.trainable = run.frozen = {}  # the state (and the reference) hold them now
+    logger.info("dpo: %s loss, beta %g, label smoothing %g; reference: %s", cfg.objective.dpo.loss,
+                cfg.objective.dpo.beta, cfg.objective.dpo.label_smoothing,
+                "starting weights (frozen copy)" if has_copy else "base with LoRA adapters off")
+
+    checkpointer, metrics = open_outputs(cfg, run)
+    state, start = restore_latest(checkpointer, metrics, run.feed, state)
+    if start is not None:
+        logger.info("resumed from checkpoint step %d", start)
+
+    val_rows = steps.batch_shape[1] * steps.batch_shape[0] // jax.process_count()
+    val_sets = [validation_batches(ds, cfg.eval.batches, val_rows) for ds in run.datasets]
+    loop = DpoLoop(cfg, run.total_steps, steps, reference, run.feed, checkpointer, metrics,
+                   [v for v in val_sets if v is not None])
+    try:
+        with StopFlag() as stop:
+            result = loop.run(state, stop)
+    finally:
+        checkpointer.close()
+        metrics.close()
+    if run.is_main:
+        plot_loss_curve(metrics.path, run.run_dir / PLOT_FILE)
+        plot_dpo_curves(metrics.path, run.run_dir / DPO_PLOT_FILE)
+    return result
+
+
+class DpoLoop:
+    """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
+
+    def __init__(self, cfg: RunConfig, total_steps: int, steps: DpoSteps, reference: PureTree,
+                 feed: BatchFeed, checkpointer: TrainCheckpointer, metrics: MetricsLogger,
+                 val_sets: list[dict[str, np.ndarray]]):
+        self.cfg, self.total_steps, self.steps, self.reference = cfg, total_steps, steps, reference
+        self.feed, self.checkpointer, self.metrics, self.val_sets = (feed, checkpointer, metrics,
+                                                                     val_sets)
+        self.shardings = steps.batch_shardings(steps.batch_shape)
+        self.config_dict = cfg.to_dict()
+
+    def evaluate(self, state: Any) -> dict[str, float]:
+        """Validation means over the pairs of every source (`val_loss`, `val_accuracy`, ...)."""
+        if not self.val_sets:
+            return {}
+        totals = dict.fromkeys((*SUM_KEYS, "pairs"), 0.0)
+        for batches in self.val_sets:
+            local = batches["input_ids"].shape
+            shape = (local[0], local[1] * jax.process_count(), *local[2:])
+            placed = put_batch(batches, self.steps.batch_shardings(shape), shape)
+            sums = jax.device_get(self.steps.eval_step(state, self.reference, placed))
+            for key in totals:
+                totals[key] += float(sums[key])
+        pairs = max(totals["pairs"], 1.0)
+        return {f"val_{k}": totals[k] / pairs for k in VAL_KEYS}
+
+    def save(self, state: Any, values: dict[str, Any]) -> None:
+        self.checkpointer.save(state, self.feed.get_state(), self.config_dict, values)
+
+    def run(self, state: Any, stop: StopFlag) -> RunResult:
+        cfg = self.cfg.train
+        step = int(jax.device_get(state["step"]))
+        total, every = self.total_steps, self.cfg.eval.every
+        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
+        started = window_start = time.perf_counter()
+        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
+        window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
+        heap = HeapTrimmer(cfg.host_allocator == "retain")
+        while step < total and stop.signum is None:
+            if time.perf_counter() - started > budget_s:
+                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
+                            step)
+                break
+            host_batch = self.feed.next()
+            window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))
+            batch = put_batch(host_batch, self.shardings, self.steps.batch_shape)
+            state, step_metrics = self.steps.train_step(state, self.reference, batch)
+            heap.after_step()
+            step += 1
+            values: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == total or step == 1:
+                host = jax.device_get(step_metrics)
+                elapsed = time.perf_counter() - window_start
+                values = {k: float(host[k]) for k in (*SUM_KEYS, "lr", "grad_norm")}
+                values["tokens_per_s"] = window_tokens * jax.process_count() / elapsed
+                values["epoch"] = round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)
+                last_loss = values["loss"]
+                window_start, window_tokens = time.perf_counter(), 0
+            if every and (step % every == 0 or step == total):
+                values.update(self.evaluate(state))
+                last_eval = step
+            if values:
+                self.metrics.log(step, values)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
+                                     if k in ("loss", "reward_margin", "accuracy", "val_loss")})
+            if bar is not None:
+                bar.update(1)
+            if step % self.cfg.checkpoint.every == 0:
+                self.save(state, values)
+                last_saved = step
+        if bar is not None:
+            bar.close()
+        if step != last_saved:
+            final: dict[str, Any] = {}
+            if stop.signum is None and every and last_eval != step:
+                final = self.evaluate(state)  # a budget stop still gets ranked and logged
+                if final:
+                    self.metrics.log(step, final)
+            self.save(state, final)
+        self.checkpointer.wait()
+        logger.info("stopped at step %d of %d", step, total)
+        return RunResult(step, stop.signum, last_loss, total)

@@ -1,0 +1,90 @@
+"""What every training loop shares around its steps: the run result, the stop flag that turns
+SIGTERM/SIGINT into "save and stop", the resolved config file and the progress bar.
+
+The supervised loop (`loop.py`) and the objective loops (`grpo/`, `dpo/`) use these, so a run
+of any objective stops, saves and reports the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from train_jax.config.run_config import RunConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    final_step: int
+    interrupted_by: int | None = None  # the signal number that stopped the run early
+    last_loss: float | None = None
+    total_steps: int | None = None  # the planned length (train.steps, or from train.epochs)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.interrupted_by is None else 128 + self.interrupted_by
+
+
+class StopFlag:
+    """Records SIGTERM/SIGINT so the loop can save and stop between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now
+        logger.warning("signal %d: finishing this step, saving a checkpoint, then stopping",
+                       signum)
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
+    """RUN_DIR/config.yaml: the config after overrides, with every default spelled out."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def planned_steps(train_cfg: TrainConfig, train_rows: int) -> int:
+    """`train.steps`, or with `train.epochs` the steps that pass over the train rows that often."""
+    if train_cfg.epochs is None:
+        return train_cfg.steps
+    steps = max(1, math.ceil(train_cfg.epochs * train_rows / train_cfg.batch_size))
+    logger.info("train.epochs=%g over %d packed rows at batch %d: %d steps", train_cfg.epochs,
+                train_rows, train_cfg.batch_size, steps)
+    return steps
+
+
+def progress_bar(enabled: bool, start: int, total: int, desc: str = "train") -> Any:
+    """A tqdm bar over steps (None when disabled, e.g. on processes other than 0)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
