@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--batches", default="random,viggo", help="random and/or viggo")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--allocators", default=None,
+                        help="jaxtune's train.host_allocator policies to run, comma-separated "
+                             "(default: the default policy); PyTorch's tuned run uses the first")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: one phase
     parser.add_argument("--batches-file", default=None, help=argparse.SUPPRESS)  # internal: .npz
     return parser.parse_args()
@@ -76,8 +80,11 @@ def run_phase(args: argparse.Namespace) -> None:
         for key in stored.files:
             kind, field = key.split("/")
             batches.setdefault(kind, {})[field] = stored[key]
-    times = globals()[CONTENDERS[name][0]](args.model, batches, dtype, args.steps, args.warmup)
-    print("PHASE " + json.dumps({"times": times}), flush=True)
+    times = globals()[CONTENDERS[name.split("@")[0]][0]](args.model, batches, dtype, args.steps,
+                                                         args.warmup)
+    # The phase's own process: this is the framework's peak (import, model, optimizer, steps).
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("PHASE " + json.dumps({"times": times, "peak_rss_bytes": peak_rss}), flush=True)
 
 
 def load_batches(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
@@ -243,15 +250,20 @@ def main() -> None:
                               for field, array in batch.items()})
     rows: dict[tuple[str, str], dict] = {}
     peaks: dict[str, float] = {}
-    policy = TrainConfig().host_allocator  # what `jaxtune train` runs with by default
-    tuned_env = environment_for(policy)
-    names = [name for name in CONTENDERS if name != "pytorch_tuned" or tuned_env is not None]
-    print(f"host allocator {policy}: " + (f"GLIBC_TUNABLES={tuned_env['GLIBC_TUNABLES']}"
-                                          if tuned_env else "nothing to change here"), flush=True)
+    # Default: what `jaxtune train` runs with when the config says nothing.
+    policies = (args.allocators or TrainConfig().host_allocator).split(",")
+    envs = {policy: environment_for(policy) for policy in policies}
+    tuned_env = envs[policies[0]]
+    names = [f"jaxtune@{policy}" for policy in policies] + ["pytorch"] + (
+        ["pytorch_tuned"] if tuned_env is not None else [])
+    for policy, env in envs.items():
+        print(f"host allocator {policy}: " + (f"GLIBC_TUNABLES={env['GLIBC_TUNABLES']}"
+                                              if env else "nothing to change here"), flush=True)
     try:
         for dtype in dtypes:
             for name in names:
-                env = tuned_env if CONTENDERS[name][1] else None
+                env = (envs[name.split("@")[1]] if name.startswith("jaxtune@")
+                       else tuned_env if CONTENDERS[name][1] else None)
                 # The machine is shared: the peak is measured right before and right after each
                 # phase, under the same load and allocator settings, in its own process. A burst
                 # of other work can only lower a measurement (once, both frameworks' fp32 peaks
@@ -277,29 +289,33 @@ def main() -> None:
                     row[f"{name}_step_times_s"] = times
                     row[f"{name}_tokens_per_s"] = tokens / step_s
                     row[f"{name}_mfu"] = flops_per_token * positions / step_s / peak
+                    row[f"{name}_peak_rss_bytes"] = phase["peak_rss_bytes"]
                     print(f"  {kind:6s} {dtype:8s} {name:17s} median step {step_s:6.2f} s  "
-                          f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}",
-                          flush=True)
+                          f"{tokens / step_s:7.1f} tokens/s  MFU {row[f'{name}_mfu']:.1%}  "
+                          f"peak RSS {phase['peak_rss_bytes'] / 1e9:.1f} GB", flush=True)
     finally:
         shutil.rmtree(batches_file.parent, ignore_errors=True)
     results = []
+    jaxtune_names = [name for name in names if name.startswith("jaxtune@")]
     for row in rows.values():
         peers = [row[f"{name}_tokens_per_s"] for name in names if name.startswith("pytorch")]
         row["pytorch_best_tokens_per_s"] = max(peers)
-        row["ratio"] = row["jaxtune_tokens_per_s"] / row["pytorch_tokens_per_s"]
-        row["ratio_vs_best"] = row["jaxtune_tokens_per_s"] / max(peers)
+        for name in jaxtune_names:
+            row[f"{name}_ratio_vs_best"] = row[f"{name}_tokens_per_s"] / max(peers)
+            # Against the plain PyTorch loop: the peer a user would otherwise run.
+            row[f"{name}_rss_ratio"] = (row[f"{name}_peak_rss_bytes"]
+                                        / row["pytorch_peak_rss_bytes"])
         results.append(row)
     print()
-    print("| batch | dtype | jaxtune tok/s | PyTorch tok/s | PyTorch, jaxtune's allocator tok/s "
-          "| jaxtune / PyTorch | jaxtune / best PyTorch | jaxtune MFU | PyTorch MFU (best) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| batch | dtype | run | tok/s | MFU | peak RSS GB | tok/s vs best PyTorch "
+          "| peak RSS vs PyTorch |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        tuned = r.get("pytorch_tuned_tokens_per_s")
-        best_mfu = max(r.get("pytorch_mfu", 0.0), r.get("pytorch_tuned_mfu", 0.0))
-        print(f"| {r['batch']} | {r['dtype']} | {r['jaxtune_tokens_per_s']:.0f} | "
-              f"{r['pytorch_tokens_per_s']:.0f} | {'n/a' if tuned is None else f'{tuned:.0f}'} | "
-              f"{r['ratio']:.2f}x | {r['ratio_vs_best']:.2f}x | {r['jaxtune_mfu']:.1%} | "
-              f"{best_mfu:.1%} |")
+        for name in names:
+            vs = (f"{r[f'{name}_ratio_vs_best']:.2f}x | {r[f'{name}_rss_ratio']:.2f}x"
+                  if name in jaxtune_names else "| ")
+            print(f"| {r['batch']} | {r['dtype']} | {name} | {r[f'{name}_tokens_per_s']:.0f} | "
+                  f"{r[f'{name}_mfu']:.1%} | {r[f'{name}_peak_rss_bytes'] / 1e9:.1f} | {vs} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"peaks": peaks, "results": results}, indent=2))
 

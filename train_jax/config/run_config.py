@@ -142,9 +142,13 @@ class GrpoConfig:
     kl_coef: float = 0.04  # weight of the k3 KL estimate to the reference model
     format_reward: float = 0.0  # added when the completion parses in the task's output shape
     rollout: Literal["flax", "vllm"] = "flax"
+    updates_per_rollout: int = 1  # optimizer updates on each rollout batch (ratio clip active > 1)
+    # The task that scores completions: a registered task name, or "package.module:OBJECT"
+    # naming a user's `Task` (imported and registered); null: the first data source's task.
+    task: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "prompts_per_step", "max_new_tokens"):
+        for name in ("group_size", "prompts_per_step", "max_new_tokens", "updates_per_rollout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"objective.grpo.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -182,9 +186,9 @@ class TrainConfig:
     progress: bool = True
     time_budget_minutes: float | None = None  # stop (with a checkpoint) after this wall time
     peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
-    # glibc policy for XLA:CPU's per-step host buffers: retain | huge_pages | system
+    # glibc policy for XLA:CPU's per-step host buffers: bounded | retain | huge_pages | system
     # (train/host_memory.py); `jaxtune train` re-executes itself once to apply it.
-    host_allocator: HostAllocator = "retain"
+    host_allocator: HostAllocator = "bounded"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every"):

@@ -6,17 +6,22 @@ back with `munmap`, so every step the kernel maps ~2 GB again (SmolLM2-135M, bf1
 and zero-fills every page on first touch: ~580,000 page faults per step, and an elementwise op
 writing a new 200 MB buffer ran 4-7x slower than the same op on reused memory.
 
-`train.host_allocator` picks one of three policies, applied through glibc's tunables. Tunables
+`train.host_allocator` picks one of four policies, applied through glibc's tunables. Tunables
 are read when a process starts, so `jaxtune train` re-executes itself once with them added to
 `GLIBC_TUNABLES` (the user's own tunables win):
 
-- `retain` (default): one arena, no `mmap`, never trim. Freed memory stays in the process and
+- `bounded` (default): one arena; allocations of 32 MiB and more get their own `mmap` (with
+  huge pages where transparent huge pages are in `madvise` mode) and go back to the kernel when
+  freed; smaller ones stay in the heap, which is trimmed only past 1 GiB of free space at its
+  top. The big buffers, which fragment a retained heap, never enter it, so resident memory
+  stays near the step's real need; the many small ones are reused without page faults, and the
+  big ones fault in 2 MiB at a time.
+- `retain` (opt-in): one arena, no `mmap`, never trim. Freed memory stays in the process and
   the next step reuses it: no page faults and no page zeroing after the first steps. The cost
-  is resident memory: it stays at its high-water mark, and heap fragmentation raises that
-  mark every few dozen steps (SmolLM2 bf16: 6.3 GB after 3 steps, 9.9 GB after 150, against
-  4.6 GB with `system`). `HeapTrimmer` bounds it: past 1.25x the size after the first steps,
-  the free pages go back to the kernel once (`malloc_trim`), at the price of one slower step.
-  Where transparent huge pages are in `madvise` mode, the heap also gets them.
+  is resident memory: it stays at its high-water mark, and heap fragmentation raises that mark
+  every few dozen steps, to 2-3x the step's need. `HeapTrimmer` bounds it: past 1.25x the size
+  after the first steps, the free pages go back to the kernel (`malloc_trim`), at the price of
+  one slower step; it cannot undo the growth inside a step.
 - `huge_pages`: only the huge-page tunable: the buffers still come and go every step, but are
   faulted in 2 MiB at a time; the kernel still zeroes them, which costs system time on
   every step.
@@ -40,12 +45,19 @@ from train_jax.libc import libc
 
 logger = logging.getLogger(__name__)
 
-HostAllocator = Literal["retain", "huge_pages", "system"]  # the `train.host_allocator` type
+HostAllocator = Literal["bounded", "retain", "huge_pages", "system"]  # the `train.host_allocator` type
 HOST_ALLOCATORS: tuple[str, ...] = get_args(HostAllocator)
+# Policies that keep freed memory in the process, whose growth `HeapTrimmer` bounds.
+RETAINING_ALLOCATORS: tuple[str, ...] = ("bounded", "retain")
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}
 _RETAIN = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
            "glibc.malloc.trim_threshold": str(2**62)}
+# A fixed threshold also stops glibc from raising it after each free (its dynamic threshold),
+# which would pull the big buffers back into the heap.
+_BOUNDED = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_threshold": str(32 * 2**20),
+            "glibc.malloc.trim_threshold": str(2**30)}
+_POLICY_TUNABLES = {"bounded": _BOUNDED, "retain": _RETAIN, "huge_pages": {}, "system": {}}
 
 
 def transparent_huge_page_mode(mode_file: Path = THP_MODE_FILE) -> str | None:
@@ -65,7 +77,7 @@ def allocator_tunables(policy: str, thp_mode: str | None) -> dict[str, str]:
     # Huge pages only need asking for in madvise mode: "always" gives them anyway, and
     # "never" refuses them.
     huge_pages = _HUGE_PAGES if thp_mode == "madvise" and policy != "system" else {}
-    return {**(_RETAIN if policy == "retain" else {}), **huge_pages}
+    return {**_POLICY_TUNABLES[policy], **huge_pages}
 
 
 def allocator_environment(env: Mapping[str, str], policy: str, libc: str,
@@ -118,7 +130,7 @@ def _malloc_trim() -> None:
 
 
 class HeapTrimmer:
-    """Bounds the resident size of a `retain` process: once it has grown past `factor` times
+    """Bounds the resident size of a `bounded` or `retain` process: once it has grown past `factor` times
     its size after `warmup` steps, the heap's free pages go back to the kernel (`malloc_trim`).
 
     Call `after_step()` once per train step; it returns True when it trimmed.

@@ -20,7 +20,7 @@ from train_jax.config.run_config import RunConfig
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
-from train_jax.train.host_memory import HeapTrimmer
+from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.run_control import (
     CHECKPOINT_DIR,
@@ -130,7 +130,7 @@ class _Loop:
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total)
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
-        heap = HeapTrimmer(cfg.host_allocator == "retain")
+        heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         while step < total and stop.signum is None:
             if time.perf_counter() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,

@@ -57,9 +57,9 @@ def test_thp_mode_is_read_from_the_bracketed_word(tmp_path):
     assert transparent_huge_page_mode(tmp_path / "missing") is None
 
 
-def test_train_config_retains_by_default_and_rejects_unknown_policies():
+def test_train_config_is_bounded_by_default_and_rejects_unknown_policies():
     tiny = REPO / "configs" / "train" / "tiny.yaml"
-    assert run_config_from_dict(load_raw_run_config(tiny, [])).train.host_allocator == "retain"
+    assert run_config_from_dict(load_raw_run_config(tiny, [])).train.host_allocator == "bounded"
     system = run_config_from_dict(load_raw_run_config(tiny, ["train.host_allocator=system"]))
     assert system.train.host_allocator == "system"
     with pytest.raises(ConfigError, match="host_allocator"):
@@ -129,8 +129,47 @@ def test_jaxtune_train_re_executes_itself_once_with_the_tunables(tmp_path):
                            f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True,
                           check=False, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = allocator_environment({}, "retain", *SYSTEM)["GLIBC_TUNABLES"]
+    expected = allocator_environment({}, "bounded", *SYSTEM)["GLIBC_TUNABLES"]
     assert proc.stdout.count(f"TUNABLES={expected}\n") == 1, proc.stdout
+
+
+# Resident bytes after a buffer of N MiB was written and freed, and the page faults of writing
+# a second buffer of the same size (malloc straight from libc: no JAX, no noise).
+_FREE_PROBE = """
+import ctypes, json, resource, sys
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+size = int(sys.argv[1]) << 20
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = rss()
+buf = libc.malloc(size); ctypes.memset(buf, 1, size); libc.free(ctypes.c_void_p(buf))
+kept = rss() - before
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+buf = libc.malloc(size); ctypes.memset(buf, 1, size)
+print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}))
+"""
+
+
+def _free_probe(env: dict[str, str], mib: int) -> dict[str, int]:
+    proc = subprocess.run([sys.executable, "-c", _FREE_PROBE, str(mib)], capture_output=True,
+                          text=True, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(NOT_GLIBC, reason="glibc tunables only")
+def test_bounded_returns_big_buffers_and_reuses_small_ones():
+    base = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    bounded = allocator_environment(base, "bounded", *SYSTEM)
+    retain = allocator_environment(base, "retain", *SYSTEM)
+    # A 256 MiB buffer: `retain` keeps it resident after free, `bounded` gives it back.
+    assert _free_probe(retain, 256)["kept"] > 200 << 20
+    assert _free_probe(bounded, 256)["kept"] < 16 << 20
+    # An 8 MiB buffer stays in the `bounded` heap: writing the next one faults no new pages,
+    # where glibc's defaults (no tunables) map and zero it afresh.
+    assert _free_probe(bounded, 8)["faults"] < 64
+    assert _free_probe(base, 8)["faults"] > 1024
 
 
 def test_heap_trimmer_trims_only_past_its_factor_of_the_warm_size():

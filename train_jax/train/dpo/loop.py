@@ -24,7 +24,7 @@ from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.dpo.plots import plot_dpo_curves
 from train_jax.train.dpo.step import SUM_KEYS, DpoSteps, build_dpo_steps
-from train_jax.train.host_memory import HeapTrimmer
+from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.partition import PureTree
 from train_jax.train.run_control import RunResult, StopFlag, progress_bar
@@ -122,7 +122,7 @@ class DpoLoop:
         started = window_start = time.perf_counter()
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
         window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
-        heap = HeapTrimmer(cfg.host_allocator == "retain")
+        heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         while step < total and stop.signum is None:
             if time.perf_counter() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
