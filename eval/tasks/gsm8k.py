@@ -58,6 +58,10 @@ class Gsm8kTask(Task):
             shown = flexible_answer(output)
         return format(shown, "f") if shown is not None else None
 
+    def follows_format(self, prediction: str) -> bool:
+        """The answer is shown as asked: a number after a ``####`` marker."""
+        return strict_answer(prediction) is not None
+
     def score(self, prediction: str, example: TaskExample) -> ExampleScore:
         """Score a worked answer against the gold ``#### <number>`` of `example`."""
         gold = strict_answer(example.target)

@@ -105,9 +105,17 @@ class Task(ABC):
 
         Not scorable (None) earns nothing rather than being skipped, so a policy cannot gain
         from outputs the scorer cannot judge. A bad gold answer still raises, as in `score`.
+        A task brings its own reward by overriding this (e.g. partial credit); GRPO calls it
+        once per sampled completion, and a call that raises scores 0 and is counted.
         """
         value = self.score(prediction, example).values.get(self.primary_metric)
         return 0.0 if value is None else float(value)
+
+    def follows_format(self, prediction: str) -> bool:
+        """Whether `prediction` has the task's output shape, whatever its correctness: what an
+        RL format reward pays for (GRPO's `format_reward`). Default: the parser finds an answer.
+        """
+        return self.parse(prediction) is not None
 
     def output_grammar(self) -> str | None:
         """A grammar the answer must follow, for constrained decoding; None if the task has none.

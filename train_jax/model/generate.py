@@ -4,8 +4,9 @@ Prompts are left-padded to a common length P so that every row writes its next t
 same cache column; each row's positions start at 0 at its first real token and padding keys
 are masked out. One prefill pass fills the (layers, B, P + new, K, H) cache, then each step runs
 the model on one token per row. The whole loop is one jitted function, compiled once per
-(batch, P, new tokens) shape. The layers are the model's own modules (projections, norms,
-MLP, LoRA adapters); only the attention over the cache is written here.
+(batch, P, new tokens) shape; `sample_tokens` is that loop unjitted, for callers that jit it
+with their own shardings (GRPO rollouts). The layers are the model's own modules
+(projections, norms, MLP, LoRA adapters); only the attention over the cache is written here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from train_jax.model.llama import LlamaForCausalLM
@@ -29,21 +31,39 @@ def generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], max_new_
     `temperature == 0` is greedy decoding. A row stops after emitting an `eos_token_id`
     (kept in its output). Dropout is off; `model` itself is not modified.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one non-empty prompt")
     if max_new_tokens <= 0:
+        left_pad(prompts)  # still refuse empty prompts
         return [[] for _ in prompts]
-    width = max(len(p) for p in prompts)
-    padded = [[pad_token_id] * (width - len(p)) + list(p) for p in prompts]
-    pad = jnp.asarray([width - len(p) for p in prompts], jnp.int32)
-    eos_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    # -1 never matches a token; a fixed-size list avoids recompiles.
-    eos = jnp.asarray((eos_ids + [-1] * 8)[: max(8, len(eos_ids))], jnp.int32)
+    padded, pad = left_pad(prompts, pad_token_id=pad_token_id)
     graphdef, state = nnx.split(model)
-    tokens, new_count = _decode(graphdef, state, jnp.asarray(padded, jnp.int32), pad, eos,
-                                jax.random.key(seed), max_new_tokens, jnp.float32(temperature))
+    tokens, new_count = _decode(graphdef, state, jnp.asarray(padded), jnp.asarray(pad),
+                                eos_array(eos_token_id), jax.random.key(seed), max_new_tokens,
+                                jnp.float32(temperature))
     tokens, new_count = jax.device_get((tokens, new_count))
     return [tokens[row, : int(new_count[row])].tolist() for row in range(len(prompts))]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], width: int | None = None, *,
+             pad_token_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts left-padded to `width` (default: the longest): (B, width) int32 ids and the
+    (B,) int32 count of padding columns of each row, as `sample_tokens` takes them."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one non-empty prompt")
+    longest = max(len(p) for p in prompts)
+    width = longest if width is None else width
+    if longest > width:
+        raise ValueError(f"a prompt of {longest} tokens does not fit the width {width}")
+    padded = np.asarray([[pad_token_id] * (width - len(p)) + list(p) for p in prompts], np.int32)
+    return padded, np.asarray([width - len(p) for p in prompts], np.int32)
+
+
+def eos_array(eos_token_id: int | Sequence[int] | None) -> jax.Array:
+    """EOS ids as a fixed-size int32 array (at least 8 entries, -1 filled) so that the set of
+    stop tokens never changes the compiled shape."""
+    ids = ([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int)
+           else list(eos_token_id))
+    # -1 never matches a token.
+    return jnp.asarray((ids + [-1] * 8)[: max(8, len(ids))], jnp.int32)
 
 
 def _forward(model: LlamaForCausalLM, tokens, positions, mask, cache, start):
@@ -85,6 +105,20 @@ def _pick(logits, temperature, key):
 def _decode(graphdef, state, prompts, pad, eos, key, max_new_tokens: int, temperature):
     model = nnx.merge(graphdef, state)
     model.eval()  # the merged copy only: dropout off while decoding
+    return sample_tokens(model, prompts, pad, eos, key, max_new_tokens, temperature)
+
+
+def sample_tokens(model: LlamaForCausalLM, prompts: jax.Array, pad: jax.Array, eos: jax.Array,
+                  key: jax.Array, max_new_tokens: int, temperature: jax.Array | float
+                  ) -> tuple[jax.Array, jax.Array]:
+    """The decoding loop itself, traceable: the caller jits it (once per shape) with the
+    shardings it wants, as `generate` and the GRPO rollouts do.
+
+    `prompts` (B, P) left-padded ids and `pad` (B,) their padding columns (`left_pad`); `eos`
+    from `eos_array`; `temperature` 0 is greedy. Returns the new tokens (B, max_new_tokens),
+    0 after a row's EOS, and the count (B,) of each row's new tokens, its EOS included. The
+    model should be in eval mode (dropout off).
+    """
     cfg = model.cfg
     b, width = prompts.shape
     total = width + max_new_tokens

@@ -4,8 +4,9 @@ eval harness's scorers (`eval.tasks`), and report the mean of each metric as ``v
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,13 +20,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def prompt_ids(task: Task, examples: Sequence[TaskExample], tokenizer: Any,
+               style: str) -> list[list[int]]:
+    """The token ids a model is prompted with for each example, as data preparation renders
+    them: the structured prompt after the tokenizer's leading special tokens (BOS), or the
+    chat template with the generation prompt. Shared by the task metric and GRPO rollouts."""
+    from train_jax.data.tokenization import leading_special_ids
+
+    if style == "structured":
+        prefix = leading_special_ids(tokenizer)
+        texts = [task.structured_prompt(ex) for ex in examples]
+    else:
+        prefix = []
+        texts = [tokenizer.apply_chat_template(task.chat_messages(ex), add_generation_prompt=True,
+                                               tokenize=False) for ex in examples]
+    return [prefix + tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
 class TaskMetric:
     """Scores generations for the first `samples` validation examples of one task source."""
 
     def __init__(self, source: DataSource, tokenizer_dir: Path, samples: int,
                  max_new_tokens: int):
         from eval.tasks import TASK_NAMES, get_task
-        from train_jax.data.tokenization import leading_special_ids, load_tokenizer
+        from train_jax.data.tokenization import load_tokenizer
 
         data = source.dataset
         if data.task not in TASK_NAMES:
@@ -37,19 +55,10 @@ class TaskMetric:
         self.examples = examples[:samples]
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.max_new_tokens = max_new_tokens
-        prefix = leading_special_ids(self.tokenizer) if data.style == "structured" else []
-        self.prompts = [prefix + self.tokenizer(self._prompt_text(ex, data.style),
-                                                add_special_tokens=False)["input_ids"]
-                        for ex in self.examples]
+        self.prompts = prompt_ids(self.task, self.examples, self.tokenizer, data.style)
         if data.val_file is None:
             logger.warning("task metric on the first %d training rows (no data val_file)",
                            len(self.examples))
-
-    def _prompt_text(self, example: TaskExample, style: str) -> str:
-        if style == "structured":
-            return self.task.structured_prompt(example)
-        return self.tokenizer.apply_chat_template(self.task.chat_messages(example),
-                                                  add_generation_prompt=True, tokenize=False)
 
     def __call__(self, model: LlamaForCausalLM) -> dict[str, float]:
         from train_jax.model.generate import generate
