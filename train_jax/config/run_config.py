@@ -291,6 +291,16 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     stages: tuple[Mapping[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        tasks = {s.dataset.task for s in self.data.sources}
+        if self.objective.name == "dpo" and tasks != {"preference"}:
+            raise ConfigError("objective.name=dpo trains on preference pairs: every data source "
+                              f"needs task: preference (got {', '.join(sorted(tasks))})")
+        if self.objective.name != "dpo" and "preference" in tasks:
+            raise ConfigError("data task preference holds (prompt, chosen, rejected) pairs, "
+                              f"which only objective.name=dpo trains on (got "
+                              f"{self.objective.name})")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what `config.yaml` in the run directory holds)."""
         return to_plain(self)

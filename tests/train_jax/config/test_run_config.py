@@ -100,3 +100,12 @@ def test_a_run_config_round_trips_through_its_plain_dict(path):
 
     cfg = load_run_config(path, ["model=/models/base", "train.steps=7"])
     assert run_config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_objective_and_data_task_must_agree():
+    configs = REPO / "configs" / "train"
+    with pytest.raises(ConfigError, match="only objective.name=dpo trains on"):
+        load_run_config(configs / "tiny_dpo.yaml", ["objective.name=sft"])
+    with pytest.raises(ConfigError, match="every data source needs task: preference"):
+        load_run_config(configs / "tiny.yaml", ["objective.name=dpo"])
+    assert load_run_config(configs / "tiny_dpo.yaml").objective.name == "dpo"
