@@ -62,6 +62,10 @@ class TargetPlan:
     compile_s: float
     overrides: tuple[str, ...] = ()  # applied to the config for this plan (fit suggestions)
     notes: tuple[str, ...] = ()
+    # XLA's cost analysis of the compiled per-chip program as it stands (loops XLA made count
+    # once, see `_step_flops`): low, but counted as other tools that read it (MaxText's
+    # train_compile) count, so comparable with them.
+    compiled_flops_per_chip: float | None = None
 
     @property
     def total_bytes_per_chip(self) -> int:
@@ -171,6 +175,7 @@ def _plan(cfg_json: str, tpu: TpuSlice, overrides: tuple[str, ...]) -> TargetPla
         flops_per_chip=flops / tpu.chips,
         # XLA counts a loop body once: the accumulation loop runs micro_batches times.
         bytes_accessed_per_chip=float(cost.get("bytes accessed", 0.0)) * loop_runs,
+        compiled_flops_per_chip=float(cost.get("flops", 0.0)),
         notes=tuple(notes + flop_notes), **common)
 
 
