@@ -19,7 +19,7 @@ from serve.errors import install_exception_handlers
 from serve.metrics import ServerMetrics
 from serve.openapi import install_openapi
 from serve.protocol import new_id
-from serve.routes import chat, completions, models, system
+from serve.routes import chat, completions, models, system, tokenize
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = N
     install_exception_handlers(app)
     install_openapi(app, model_names=settings.model_names(),
                     api_key=settings.api_key is not None)
-    for router in (system.router, models.router, completions.router, chat.router):
+    for router in (system.router, models.router, completions.router, chat.router,
+                   tokenize.router):
         app.include_router(router)
     # Added last = outermost: every request is counted, including those auth turns away.
     if settings.api_key is not None:

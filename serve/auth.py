@@ -1,4 +1,4 @@
-"""Optional bearer API key on `/v1/*`, checked before anything else looks at the request."""
+"""Optional bearer API key on `/v1/*` and the tokenizer routes, checked before anything else looks at the request."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from serve.errors import AuthenticationError
 logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1/"
+# vLLM's tokenizer routes sit at the root; they reveal the served models, so they need the key.
+PROTECTED_PATHS = ("/tokenize", "/detokenize")
+
+
+def is_protected(path: str) -> bool:
+    """True for the paths that need the API key: `/v1/*`, /tokenize and /detokenize."""
+    return path.startswith(PROTECTED_PREFIX) or path in PROTECTED_PATHS
 
 
 def key_matches(authorization: str, expected: str) -> bool:
@@ -42,7 +49,7 @@ class ApiKeyMiddleware:
         self._body = json.dumps(error.body()).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 # Why a sequence ended; the HTTP layer reports it to clients as is.
 FinishReason = Literal["stop", "length", "abort"]
@@ -45,6 +45,16 @@ class EngineUnavailableError(EngineError):
     """The engine is shutting down or has died; requests cannot be served."""
 
 
+class InvalidGenerationError(EngineError):
+    """The engine refuses the request's options (e.g. a JSON schema, regex or grammar its
+    structured-output backend cannot compile); `param` names the request field, and the
+    message is the engine's (the parser's) own."""
+
+    def __init__(self, message: str, param: str | None = None):
+        self.param = param
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """One servable model: a base model (`parent is None`) or a LoRA adapter on `parent`."""
@@ -56,9 +66,54 @@ class ModelCard:
     created: int = 0
 
 
+# A structured-output constraint, as vLLM's `StructuredOutputsParams` names them.
+StructuredKind = Literal["json", "regex", "choice", "grammar", "json_object"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """Constrain the output to `value`: a JSON schema (dict) for "json", a pattern for "regex",
+    a tuple of strings for "choice", an EBNF/Lark grammar for "grammar", True for
+    "json_object". `param` is the request field it came from, for error messages."""
+
+    kind: StructuredKind
+    value: Any
+    param: str
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One candidate token at a position: its id, text, log-probability and rank (1 = best)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of the token at one position and the best `k` candidates there.
+
+    `logprob` is None only for a prompt's first token (nothing precedes it); `top` is ordered
+    by rank and may or may not contain the token itself.
+    """
+
+    token_id: int
+    token: str
+    logprob: float | None
+    rank: int | None
+    top: tuple[TopLogprob, ...] = ()
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Sampling settings of one sequence (already validated by the HTTP layer)."""
+    """Sampling settings of one sequence (already validated by the HTTP layer).
+
+    `logprobs`: return the log-probability of each generated token and its `logprobs` best
+    candidates (None: none); `prompt_logprobs`: the same for every prompt token;
+    `structured`: constrain the output (decoded by the engine's structured-output backend).
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -68,6 +123,9 @@ class SamplingOptions:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +143,15 @@ class GenerationDelta:
     """Text produced since the previous delta of the same request.
 
     `num_new_tokens` counts the tokens behind `text`; the last delta carries `finish_reason`.
+    `logprobs` has one entry per new token when the request asked for them;
+    `prompt_logprobs` (one entry per prompt token) comes once, with the first delta.
     """
 
     text: str
     num_new_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +174,19 @@ class Engine(Protocol):
         """Token ids of `text` with `model`'s tokenizer."""
         ...
 
-    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt text `model`'s chat template makes of `messages`, ready for generation."""
+    async def decode(self, model: str, token_ids: Sequence[int]) -> str:
+        """The text of `token_ids` with `model`'s tokenizer (special tokens kept)."""
+        ...
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
+                          tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text `model`'s chat template makes of `messages` (and the function
+        `tools` the model may call), ready for generation."""
+        ...
+
+    async def check(self, request: GenerationRequest) -> None:
+        """Raise `InvalidGenerationError` if the engine would refuse `request` (a structured
+        output its backend cannot compile, too many logprobs), before anything is sent."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

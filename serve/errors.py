@@ -20,6 +20,7 @@ from serve.engine import (
     ChatTemplateRenderError,
     EngineError,
     EngineUnavailableError,
+    InvalidGenerationError,
     UnknownModelError,
 )
 from serve.protocol import ErrorInfo, ErrorResponse
@@ -85,6 +86,10 @@ def from_engine_error(exc: Exception) -> APIError | None:
         return InvalidRequestError(str(exc), param="messages", code="chat_template_missing")
     if isinstance(exc, ChatTemplateRenderError):
         return InvalidRequestError(str(exc), param="messages", code="chat_template_error")
+    if isinstance(exc, InvalidGenerationError):
+        param = exc.param
+        prefix = f"'{param}': " if param else ""
+        return InvalidRequestError(f"{prefix}{exc}", param=param, code="invalid_value")
     if isinstance(exc, EngineUnavailableError):
         return ServiceUnavailableError(str(exc), code="engine_unavailable")
     return None
@@ -112,7 +117,9 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
     """``("body", "messages", 0, "role")`` -> ``"messages[0].role"``."""
     parts = [p for p in loc if p != "body"]
     out = ""
-    for part in parts:
+    for i, part in enumerate(parts):
+        if i and parts[i - 1] == "response_format" and isinstance(part, str):
+            continue  # the tag of the `response_format` union ("json_schema"), not a field
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("str", "list[str]", "list[int]", "list[list[int]]", "int", "float",

@@ -4,13 +4,22 @@ Tokens are whitespace-separated words (id = crc32 of the word modulo the vocabul
 generated text is the words ``" w<k>"`` where k depends only on the prompt, the seed and the
 position, so the same request always yields the same text. Every request, abort and closing is
 recorded so tests can assert what reached the engine.
+
+Log-probabilities are made up but consistent: the token " w<k>" has id k and log-probability
+-(k % 5 + 1) / 2, its candidates are ids k, k+1, ... with falling log-probabilities. A
+structured output is "followed" as far as route tests need: a `choice` yields its first
+option; `reply` (settable) is the text of every generation when not None, e.g. the JSON a
+test wants the model to answer. Its `check` refuses a regex Python cannot compile and a
+grammar without a ``::=`` rule, standing in for vLLM's backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from serve.engine import (
     ChatTemplateMissingError,
@@ -18,7 +27,10 @@ from serve.engine import (
     EngineUnavailableError,
     GenerationDelta,
     GenerationRequest,
+    InvalidGenerationError,
     ModelCard,
+    TokenLogprob,
+    TopLogprob,
     find_model,
 )
 
@@ -52,6 +64,8 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.finished: list[str] = []
         self.closed = False
+        self.reply: str | None = None
+        self.rendered_tools: list[Sequence[Mapping[str, Any]] | None] = []
         self._active: dict[str, asyncio.Event] = {}
 
     def models(self) -> Sequence[ModelCard]:
@@ -62,7 +76,28 @@ class FakeEngine:
         ids = [zlib.crc32(word.encode()) % card.vocab_size for word in text.split()]
         return [BOS_ID, *ids] if add_special_tokens else ids
 
-    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
+    async def decode(self, model: str, token_ids: Sequence[int]) -> str:
+        find_model(self, model)
+        return "".join(f" w{t}" for t in token_ids)
+
+    async def check(self, request: GenerationRequest) -> None:
+        find_model(self, request.model)
+        spec = request.sampling.structured
+        if spec is None:
+            return
+        if spec.kind == "regex":
+            try:
+                re.compile(spec.value)
+            except (re.error, OverflowError, RecursionError) as exc:
+                raise InvalidGenerationError(f"Failed to transform regex into a grammar: {exc}",
+                                             spec.param) from exc
+        if spec.kind == "grammar" and "::=" not in spec.value:
+            raise InvalidGenerationError("Invalid grammar specification: no rule ('::=')",
+                                         spec.param)
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
+                          tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        self.rendered_tools.append(tools)
         card = find_model(self, model)
         base = card.parent or card.name
         if base not in self._chat_models:
@@ -80,8 +115,13 @@ class FakeEngine:
         sampling = request.sampling
         seed = sampling.seed if sampling.seed is not None else 0
         base = sum(request.prompt_token_ids) + 7 * seed
+        script = self._script(sampling)
         text = ""
         try:
+            if sampling.prompt_logprobs is not None:
+                # Real engines report prompt logprobs with the first output.
+                yield GenerationDelta("", 0, None, None, _prompt_logprobs(
+                    request.prompt_token_ids, sampling.prompt_logprobs))
             for step in range(sampling.max_tokens):
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
@@ -90,7 +130,8 @@ class FakeEngine:
                     return
                 if self.fail_after is not None and step >= self.fail_after:
                     raise RuntimeError("fake engine crashed")
-                piece = f" w{(base + 31 * step) % 97}"
+                token_id = (base + 31 * step) % 97
+                piece = f" w{token_id}" if script is None else script[step]
                 text += piece
                 for stop in sampling.stop:
                     cut = text.find(stop)
@@ -101,14 +142,27 @@ class FakeEngine:
                         return
                 done = (self.eos_after is not None and not sampling.ignore_eos
                         and step + 1 >= self.eos_after)
+                done = done or (script is not None and step + 1 == len(script))
                 last = step + 1 == sampling.max_tokens
                 reason = "stop" if done else ("length" if last else None)
-                yield GenerationDelta(piece, 1, reason)
+                logprobs = None if sampling.logprobs is None else \
+                    (_logprob(token_id, piece, sampling.logprobs),)
+                yield GenerationDelta(piece, 1, reason, logprobs)
                 if done:
                     return
         finally:
             self._active.pop(request.request_id, None)
             self.finished.append(request.request_id)
+
+    def _script(self, sampling: Any) -> list[str] | None:
+        """The pieces of a scripted answer (`reply`, or a choice), one per token."""
+        spec = sampling.structured
+        text = self.reply
+        if text is None and spec is not None and spec.kind == "choice":
+            text = spec.value[0]
+        if text is None:
+            return None
+        return re.findall(r"\s*\S+", text) or [text]
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -123,3 +177,16 @@ class FakeEngine:
         for request_id in list(self._active):
             await self.abort(request_id)
         self.closed = True
+
+
+def _logprob(token_id: int, piece: str, k: int) -> TokenLogprob:
+    logprob = -((token_id % 5) + 1) / 2
+    top = tuple(TopLogprob(token_id + j, f" w{token_id + j}", logprob - j, j + 1)
+                for j in range(k))
+    return TokenLogprob(token_id, piece, logprob, 1, top)
+
+
+def _prompt_logprobs(ids: Sequence[int], k: int) -> tuple[TokenLogprob, ...]:
+    first = TokenLogprob(ids[0], f" w{ids[0]}", None, None)
+    rest = (_logprob(t, f" w{t}", k) for t in ids[1:])
+    return (first, *rest)

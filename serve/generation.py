@@ -13,7 +13,13 @@ from dataclasses import dataclass, field, replace
 import anyio
 
 from serve.admission import Admission, Ticket
-from serve.engine import Engine, GenerationDelta, GenerationRequest, SamplingOptions
+from serve.engine import (
+    Engine,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    TokenLogprob,
+)
 from serve.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,8 @@ class ChoiceDelta:
     text: str
     num_new_tokens: int
     finish_reason: str | None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass
@@ -82,6 +90,10 @@ class GenerationRun:
     def num_choices(self) -> int:
         return len(self._requests)
 
+    def prompt_of(self, index: int) -> tuple[int, ...]:
+        """The prompt token ids of choice `index`."""
+        return self._requests[index][1].prompt_token_ids
+
     async def deltas(self) -> AsyncIterator[ChoiceDelta]:
         """Every choice's deltas as they come; on early exit the engine requests are aborted."""
         if self._started or self._closed:
@@ -128,7 +140,8 @@ class GenerationRun:
             self.summary.finish_reasons[index] = delta.finish_reason
             if delta.finish_reason == "abort":
                 self.summary.outcome = "aborted"
-        return ChoiceDelta(index, delta.text, k, delta.finish_reason)
+        return ChoiceDelta(index, delta.text, k, delta.finish_reason, delta.logprobs,
+                           delta.prompt_logprobs)
 
     async def _merged(self) -> AsyncIterator[tuple[int, str, GenerationDelta]]:
         queue: asyncio.Queue[tuple[int, str, GenerationDelta | BaseException | None]] = \

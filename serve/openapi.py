@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serve.auth import PROTECTED_PREFIX
+from serve.auth import is_protected
 from serve.protocol import ErrorResponse
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
@@ -100,13 +100,13 @@ def _list_served_models(spec: dict[str, Any], names: Sequence[str]) -> None:
 
 
 def _declare_bearer_auth(spec: dict[str, Any]) -> None:
-    """`Authorization: Bearer KEY` on every /v1/ route, each also answering 401."""
+    """`Authorization: Bearer KEY` on every protected route, each also answering 401."""
     components = spec.setdefault("components", {})
     components.setdefault("securitySchemes", {})["apiKey"] = {
         "type": "http", "scheme": "bearer", "description": "the server's --api-key"}
     ref = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
     for path, operation in _operations(spec):
-        if path.startswith(PROTECTED_PREFIX):
+        if is_protected(path):
             operation["security"] = [{"apiKey": []}]
             operation["responses"]["401"] = {
                 "description": ERROR_DESCRIPTIONS[401],

@@ -95,6 +95,56 @@ StopString = Annotated[str, Field(min_length=1)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
+# vLLM's default `max_logprobs`: the most candidates a request may ask for per position.
+MAX_LOGPROBS = 20
+LogprobCount = Annotated[int, Field(ge=0, le=MAX_LOGPROBS), BeforeValidator(_integral)]
+JsonObject = dict[str, Any]
+
+
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Request):
+    """OpenAI's `response_format.json_schema`: the schema the output must validate against."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: JsonObject = Field(alias="schema")
+    # The output follows the schema whatever `strict` says: constrained decoding is exact.
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat,
+                           Field(discriminator="type")]
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs`: exactly one constraint, decoded by vLLM's backend."""
+
+    field_scope: ClassVar[Scope] = "structured_outputs"
+
+    # Aliased: a field named `json` would shadow pydantic's `BaseModel.json`.
+    json_: JsonObject | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: NonEmpty[list[str]] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The constraints set, by their request names."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class SamplingFields(_Request):
     """Fields shared by completions and chat completions."""
 
@@ -114,6 +164,9 @@ class SamplingFields(_Request):
     # benchmarks); add the tokenizer's special tokens (None: the endpoint's default).
     ignore_eos: bool | None = False
     add_special_tokens: bool | None = None
+    prompt_logprobs: LogprobCount | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -132,6 +185,10 @@ class CompletionRequest(SamplingFields):
     field_scope: ClassVar[Scope] = "completions"
 
     prompt: str | NonEmpty[list[str]] | NonEmpty[TokenIds] | NonEmpty[list[NonEmpty[TokenIds]]]
+    # 0 only with `echo` (score the prompt, generate nothing), as vLLM allows.
+    max_tokens: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = None
+    echo: bool | None = False
+    logprobs: LogprobCount | None = None
 
 
 class TextPart(_Request):
@@ -170,6 +227,29 @@ class ChatMessage(_Request):
         return out
 
 
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: JsonObject | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Request):
+    """A function the model may call; `parameters` is a JSON schema of its arguments."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
@@ -179,13 +259,53 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: PositiveInt | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+    logprobs: bool | None = False
+    top_logprobs: LogprobCount | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     def effective_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
 
+class TokenizeRequest(_Request):
+    """POST /tokenize (vLLM's): `prompt` text, or chat `messages` rendered with the model's
+    chat template (opening the assistant turn, as generation does)."""
+
+    model: str
+    prompt: str | None = None
+    messages: NonEmpty[list[ChatMessage]] | None = None
+    # Default as generation: true for a prompt, false for messages (the template places them).
+    add_special_tokens: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    """POST /detokenize (vLLM's): the text of `tokens`."""
+
+    model: str
+    tokens: TokenIds
+
+
 # ---- responses -------------------------------------------------------------------------------
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class Usage(BaseModel):
@@ -194,11 +314,33 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions logprobs: one entry per token of `text`."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's `prompt_logprobs` entry: one candidate token at one prompt position."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str
+
+
+# vLLM's shape: per prompt position (the first is null), {token id: entry}.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
-    finish_reason: FinishReason | None
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | Literal["tool_calls"] | None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -210,16 +352,44 @@ class CompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
+class TopLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatLogprobEntry(TopLogprobEntry):
+    top_logprobs: list[TopLogprobEntry]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat logprobs: one entry per generated token."""
+
+    content: list[ChatLogprobEntry] | None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: FinishReason | None
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | Literal["tool_calls"] | None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -229,18 +399,24 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
+
+
+class DeltaToolCall(ToolCall):
+    index: int
 
 
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
-    finish_reason: FinishReason | None = None
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | Literal["tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

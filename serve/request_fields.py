@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 # Where a field may appear: the top level of either request body, `stream_options`, or one
 # chat message.
-Scope = Literal["completions", "chat", "stream_options", "message"]
+Scope = Literal["completions", "chat", "stream_options", "message", "structured_outputs"]
 Status = Literal["honoured", "refused", "removed"]
 Origin = Literal["openai", "vllm"]
 
@@ -37,12 +37,13 @@ _CHAT: frozenset[Scope] = frozenset({"chat"})
 _BOTH: frozenset[Scope] = frozenset({"completions", "chat"})
 _STREAM: frozenset[Scope] = frozenset({"stream_options"})
 _MESSAGE: frozenset[Scope] = frozenset({"message"})
+_STRUCT: frozenset[Scope] = frozenset({"structured_outputs"})
 
 _NOT_YET = "not supported yet"
 _SAMPLER = "not supported yet (only temperature, top_p, seed, stop and penalties are)"
-_STRUCTURED = "structured outputs are not supported yet"
-_TOOLS = "tool calling is not supported"
-_LOGPROBS = "log-probabilities are not supported yet"
+_TOOLS = "the deprecated function-calling fields are not supported; use 'tools'"
+_TOOL_TURNS = "tool-call turns in the conversation are not supported yet"
+_LOGPROBS = "not supported yet"
 _NO_EFFECT = "accepted; it changes nothing this server returns"
 
 
@@ -75,8 +76,7 @@ def _no(name: str, scopes: frozenset[Scope], origin: Origin, note: str, example:
 
 
 def _gone(name: str, use: str, example: Any) -> FieldRule:
-    note = (f"removed from vLLM; use 'structured_outputs': {{{use}}} (which this server does "
-            "not support yet)")
+    note = f"removed from vLLM; use 'structured_outputs': {{{use}}}"
     return FieldRule(name, _BOTH, "vllm", "removed", note, (), example)
 
 
@@ -95,12 +95,17 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _ok("frequency_penalty", _BOTH, "openai", "-2 to 2"),
     _ok("user", _BOTH, "openai", "end-user id, written in the request's log line"),
     _no("logit_bias", _BOTH, "openai", _NOT_YET, {"50256": -100}, {}),
-    _no("response_format", _BOTH, "openai", _STRUCTURED, {"type": "json_object"},
-        {"type": "text"}),
+    _ok("response_format", _BOTH, "openai",
+        "text, json_object or json_schema: the output is constrained by vLLM's structured-output "
+        "backend; a schema that is not valid JSON Schema is a 400"),
+    _ok("logprobs", _BOTH, "openai",
+        "completions: the k (0-20) best candidates per token; chat: true for per-token "
+        "log-probabilities (see top_logprobs)"),
     # --- OpenAI, completions only ----------------------------------------------------------
     _ok("prompt", _CMPL, "openai", "text, token ids, or a batch of either"),
-    _no("echo", _BOTH, "openai", "echoing the prompt is not supported yet", True, False),
-    _no("logprobs", _BOTH, "openai", _LOGPROBS, 2, False),
+    _ok("echo", _CMPL, "openai",
+        "the prompt before the output (and its tokens in logprobs); with max_tokens 0, only "
+        "the prompt"),
     _no("best_of", _CMPL, "openai", "not supported; use 'n'", 3, 1),
     _no("suffix", _CMPL, "openai", "insertion (suffix) is not supported", "end", ""),
     # --- OpenAI, chat only -----------------------------------------------------------------
@@ -109,12 +114,15 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _ok("safety_identifier", _CHAT, "openai", "end-user id, written in the request's log line"),
     _ok("prompt_cache_key", _CHAT, "openai",
         "a cache hint; vLLM's prefix cache reuses shared prefixes without it"),
-    _no("top_logprobs", _CHAT, "openai", _LOGPROBS, 5, 0),
-    _no("tools", _CHAT, "openai", _TOOLS, [{"type": "function", "function": {"name": "f"}}],
-        []),
-    _no("tool_choice", _CHAT, "openai", _TOOLS, "auto", "none"),
-    _no("parallel_tool_calls", _CHAT, "openai", f"{_TOOLS}; true/false change nothing", "yes",
-        True, False),
+    _ok("top_logprobs", _CHAT, "openai", "0-20 best candidates per token, with logprobs: true"),
+    _ok("tools", _CHAT, "openai",
+        "function definitions; each 'parameters' must be a valid JSON schema"),
+    _ok("tool_choice", _CHAT, "openai",
+        "none, required or a named function (forced by a JSON-schema structured output); "
+        "auto is a 400: this server has no model-specific tool parser"),
+    _ok("parallel_tool_calls", _CHAT, "openai",
+        "false: tool_choice required makes exactly one call"),
+    _no("echo", _CHAT, "vllm", "echoing the last message is not supported", True, False),
     _no("functions", _CHAT, "openai", _TOOLS, [{"name": "f"}], []),
     _no("function_call", _CHAT, "openai", _TOOLS, "auto", "none"),
     _no("audio", _CHAT, "openai", "audio output is not supported",
@@ -135,7 +143,11 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _ok("add_special_tokens", _BOTH, "vllm",
         "add the tokenizer's special tokens (BOS) to the prompt; default true for completions, "
         "false for chat (the template places them)"),
-    _no("structured_outputs", _BOTH, "vllm", _STRUCTURED, {"choice": ["yes", "no"]}),
+    _ok("structured_outputs", _BOTH, "vllm",
+        "one of json, regex, choice, grammar, json_object (see its own fields)"),
+    _ok("prompt_logprobs", _BOTH, "vllm",
+        "the k (0-20) best candidates at every prompt position, in vLLM's shape; not with "
+        "stream"),
     _no("use_beam_search", _BOTH, "vllm", "beam search is not supported", True, False),
     _no("top_k", _BOTH, "vllm", _SAMPLER, 5, -1, 0),
     _no("min_p", _BOTH, "vllm", _SAMPLER, 0.1, 0.0),
@@ -152,7 +164,6 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _no("truncate_prompt_tokens", _BOTH, "vllm", "prompts are never truncated: shorten them",
         8),
     _no("truncation_side", _BOTH, "vllm", "prompts are never truncated: shorten them", "left"),
-    _no("prompt_logprobs", _BOTH, "vllm", _LOGPROBS, 1),
     _no("logprob_token_ids", _BOTH, "vllm", _LOGPROBS, [1]),
     _no("watermarking", _BOTH, "vllm", "watermarking is not supported", True, False),
     _no("priority", _BOTH, "vllm", "priority scheduling is not supported", 1, 0),
@@ -209,11 +220,23 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _ok("role", _MESSAGE, "openai", "system, developer, user, assistant or tool"),
     _ok("content", _MESSAGE, "openai", "text, or a list of text parts"),
     _ok("name", _MESSAGE, "openai", "passed to the chat template with the message"),
-    _no("tool_calls", _MESSAGE, "openai", _TOOLS, [{"id": "c1", "type": "function"}], []),
-    _no("tool_call_id", _MESSAGE, "openai", _TOOLS, "c1"),
+    _no("tool_calls", _MESSAGE, "openai", _TOOL_TURNS, [{"id": "c1", "type": "function"}], []),
+    _no("tool_call_id", _MESSAGE, "openai", _TOOL_TURNS, "c1"),
     _no("function_call", _MESSAGE, "openai", _TOOLS, {"name": "f", "arguments": "{}"}),
     _no("audio", _MESSAGE, "openai", "audio is not supported", {"id": "a1"}),
     _no("refusal", _MESSAGE, "openai", "refusal turns are not supported", "no"),
+    # --- structured_outputs (vLLM) ----------------------------------------------------------
+    _ok("json", _STRUCT, "vllm", "a JSON schema (object or its JSON text) the output follows"),
+    _ok("regex", _STRUCT, "vllm", "a regular expression the output matches"),
+    _ok("choice", _STRUCT, "vllm", "the output is exactly one of these strings"),
+    _ok("grammar", _STRUCT, "vllm", "an EBNF (GBNF) grammar the output follows"),
+    _ok("json_object", _STRUCT, "vllm", "true: the output is a JSON object"),
+    _no("disable_any_whitespace", _STRUCT, "vllm", "whitespace options are not supported", True,
+        False),
+    _no("disable_additional_properties", _STRUCT, "vllm", "schema rewriting is not supported",
+        True, False),
+    _no("whitespace_pattern", _STRUCT, "vllm", "whitespace options are not supported", " "),
+    _no("structural_tag", _STRUCT, "vllm", "structural tags are not supported", "{}"),
 )
 
 

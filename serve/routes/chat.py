@@ -9,18 +9,20 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.deps import EngineDep, StateDep
 from serve.engine import find_model
-from serve.errors import error_chunk, stream_error
+from serve.errors import InvalidRequestError, error_chunk, stream_error
 from serve.generation import GenerationRun
+from serve.logprobs import chat_logprobs, prompt_logprobs
 from serve.openapi import GENERATION_RESPONSES
 from serve.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    DeltaToolCall,
     new_id,
     now,
 )
-from serve.routes.launch import arrival_time, collect, start_run, usage_of
+from serve.routes.launch import Collected, arrival_time, collect, start_run, usage_of
 from serve.streaming import (
     DONE,
     ClientDisconnected,
@@ -29,8 +31,21 @@ from serve.streaming import (
     sse,
     unless_disconnected,
 )
+from serve.structured import structured_output
+from serve.tool_calls import ToolPlan, finish_reason_of, plan_tools, tool_calls_of
 
 router = APIRouter(tags=["chat"])
+
+
+def _top_logprobs(body: ChatCompletionRequest) -> int | None:
+    """The candidates per token the request asks for (None: no logprobs), as vLLM reads
+    `logprobs` + `top_logprobs`."""
+    if not body.logprobs:
+        if body.top_logprobs:
+            raise InvalidRequestError("'top_logprobs' needs 'logprobs': true",
+                                      param="top_logprobs", code="invalid_value")
+        return None
+    return body.top_logprobs or 0
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
@@ -40,37 +55,56 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     arrival = arrival_time()
     request_id = request.state.request_id = new_id("chatcmpl")
     card = find_model(engine, body.model)
+    top_k = _top_logprobs(body)
+    tools = plan_tools(body)
+    structured = tools.constraint or structured_output(body)
     messages = [m.for_template() for m in body.messages]
-    prompt_text = await engine.render_chat(body.model, messages)
+    prompt_text = await engine.render_chat(body.model, messages, tools=tools.template_tools)
     # The template already placed any BOS token: adding special tokens again would double it,
     # unless the client asks for it (vLLM's `add_special_tokens`).
     prompt_ids = await engine.encode(body.model, prompt_text,
                                      add_special_tokens=bool(body.add_special_tokens))
-    run = start_run(state=state, engine=engine, request=request, body=body, card=card,
-                    prompts=[prompt_ids], prompt_param="messages",
-                    max_tokens=body.effective_max_tokens(), default_max_tokens=None,
-                    arrival=arrival, prompt_for_log=prompt_text)
+    run = await start_run(state=state, engine=engine, request=request, body=body, card=card,
+                          prompts=[prompt_ids], prompt_param="messages",
+                          max_tokens=body.effective_max_tokens(), default_max_tokens=None,
+                          arrival=arrival, prompt_for_log=prompt_text, logprobs=top_k,
+                          prompt_logprobs=body.prompt_logprobs, structured=structured)
     created = now()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SSEResponse(_stream(run, request_id, created, include_usage), on_close=run.close,
-                           headers={"X-Request-Id": request_id})
+        return SSEResponse(_stream(run, request_id, created, include_usage, top_k, tools),
+                           on_close=run.close, headers={"X-Request-Id": request_id})
     try:
         result = await unless_disconnected(request, collect(run))
     except ClientDisconnected:
         return client_closed_response()
     finally:
         await run.close()
-    choices = [ChatChoice(index=i, message=AssistantMessage(content=result.text(i)),
-                          finish_reason=result.finish.get(i)) for i in range(run.num_choices)]
-    response = ChatCompletionResponse(id=request_id, created=created, model=card.name,
-                                      choices=choices, usage=usage_of(run))
+    choices = [_choice(i, result, top_k, tools) for i in range(run.num_choices)]
+    given = result.prompt_logprobs.get(0)
+    response = ChatCompletionResponse(
+        id=request_id, created=created, model=card.name, choices=choices, usage=usage_of(run),
+        prompt_logprobs=None if body.prompt_logprobs is None or given is None else
+        prompt_logprobs(given, body.prompt_logprobs))
     return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
 
 
-async def _stream(run: GenerationRun, request_id: str, created: int, include_usage: bool):
+def _choice(i: int, result: Collected, top_k: int | None, tools: ToolPlan) -> ChatChoice:
+    text = result.text(i)
+    calls = tool_calls_of(tools, text)
+    message = AssistantMessage(content=None, tool_calls=calls) if calls else \
+        AssistantMessage(content=text)
+    logprobs = None if top_k is None else chat_logprobs(result.logprobs.get(i, []), top_k)
+    return ChatChoice(index=i, message=message, logprobs=logprobs,
+                      finish_reason=finish_reason_of(tools, calls, result.finish.get(i)))
+
+
+async def _stream(run: GenerationRun, request_id: str, created: int, include_usage: bool,
+                  top_k: int | None, tools: ToolPlan):
     head = f'{{"id":"{request_id}","object":"chat.completion.chunk","created":{created},' \
            f'"model":{json.dumps(run.model)},"choices":['
+    # A forced tool call is sent whole, once its JSON is complete (no parser streams it).
+    held: dict[int, list[str]] = {}
     try:
         # OpenAI opens every choice with a role-only delta.
         for index in range(run.num_choices):
@@ -78,9 +112,24 @@ async def _stream(run: GenerationRun, request_id: str, created: int, include_usa
                      "logprobs": None, "finish_reason": None}
             yield sse(head + json.dumps(first) + "]}")
         async for delta in run.deltas():
-            content = {"content": delta.text} if delta.text else {}
-            choice = {"index": delta.index, "delta": content, "logprobs": None,
-                      "finish_reason": delta.finish_reason}
+            logprobs = None if top_k is None else \
+                chat_logprobs(delta.logprobs or (), top_k).model_dump()
+            reason = delta.finish_reason
+            if tools.mode != "none":
+                held.setdefault(delta.index, []).append(delta.text)
+                if reason is None:
+                    if logprobs is not None and delta.num_new_tokens:
+                        yield sse(head + json.dumps({"index": delta.index, "delta": {},
+                                                     "logprobs": logprobs,
+                                                     "finish_reason": None}) + "]}")
+                    continue
+                content, reason = _tool_delta(tools, "".join(held[delta.index]), reason)
+            else:
+                content = {"content": delta.text} if delta.text else {}
+                if not content and reason is None and not delta.num_new_tokens:
+                    continue
+            choice = {"index": delta.index, "delta": content, "logprobs": logprobs,
+                      "finish_reason": reason}
             yield sse(head + json.dumps(choice) + "]}")
         if include_usage:
             usage = usage_of(run).model_dump_json()
@@ -88,3 +137,13 @@ async def _stream(run: GenerationRun, request_id: str, created: int, include_usa
     except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, end stream
         yield error_chunk(stream_error(exc))
     yield DONE
+
+
+def _tool_delta(tools: ToolPlan, text: str, reason: str) -> tuple[dict, str]:
+    """The final delta of a forced tool call: the calls, or the raw text if cut short."""
+    calls = tool_calls_of(tools, text)
+    if not calls:
+        return ({"content": text} if text else {}), reason
+    deltas = [DeltaToolCall(index=k, **call.model_dump()).model_dump()
+              for k, call in enumerate(calls)]
+    return {"tool_calls": deltas}, finish_reason_of(tools, calls, reason)

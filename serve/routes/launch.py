@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from serve.deps import ServerState
-from serve.engine import Engine, ModelCard
+from serve.engine import Engine, GenerationRequest, ModelCard, StructuredOutput, TokenLogprob
 from serve.errors import InvalidRequestError, ServiceUnavailableError, stream_error
 from serve.generation import GenerationRun
 from serve.protocol import SamplingFields, Usage
 from serve.sampling import build_sampling, check_prompt_tokens
 
 
-def start_run(
+async def start_run(
     *,
     state: ServerState,
     engine: Engine,
@@ -29,15 +29,23 @@ def start_run(
     default_max_tokens: int | None,
     arrival: float,
     prompt_for_log: str,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    structured: StructuredOutput | None = None,
 ) -> GenerationRun:
-    """Validate against the model, take an in-flight slot, and build the run (not started)."""
+    """Validate against the model (and the engine's own checks, e.g. its structured-output
+    backend compiling the constraint), take an in-flight slot, and build the run (not
+    started). Every 400 comes before the response starts, also when streaming."""
     check_prompt_tokens(prompts, card, prompt_param)
     sampling, n = build_sampling(body, card=card, longest_prompt=max(len(p) for p in prompts),
                                  max_tokens=max_tokens, default_max_tokens=default_max_tokens,
-                                 max_n=state.settings.max_n)
+                                 max_n=state.settings.max_n, logprobs=logprobs,
+                                 prompt_logprobs=prompt_logprobs, structured=structured)
     if body.stream_options is not None and not body.stream:
         raise InvalidRequestError("'stream_options' is only allowed with 'stream': true",
                                   param="stream_options", code="invalid_value")
+    await engine.check(GenerationRequest(request.state.request_id, card.name,
+                                         tuple(prompts[0]), sampling))
     ticket = state.admission.admit(request.state.request_id)
     detail = "".join(f" {key}={value!r}" for key, value in _end_user(body).items())
     if state.settings.log_prompts:
@@ -59,6 +67,8 @@ class Collected:
 
     texts: dict[int, list[str]] = field(default_factory=dict)
     finish: dict[int, str] = field(default_factory=dict)
+    logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
+    prompt_logprobs: dict[int, tuple[TokenLogprob, ...]] = field(default_factory=dict)
 
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, ()))
@@ -71,6 +81,10 @@ async def collect(run: GenerationRun) -> Collected:
     try:
         async for delta in run.deltas():
             out.texts[delta.index].append(delta.text)
+            if delta.logprobs is not None:
+                out.logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+            if delta.prompt_logprobs is not None:
+                out.prompt_logprobs[delta.index] = delta.prompt_logprobs
             if delta.finish_reason is not None:
                 out.finish[delta.index] = delta.finish_reason
     except Exception as exc:  # an engine failure becomes an error response

@@ -105,10 +105,13 @@ BAD_CHAT = [
     ({"model": FAKE_MODEL, "messages": HELLO, "temperature": 9}, "temperature",
      "invalid_value"),
     ({"model": FAKE_MODEL, "messages": HELLO, "n": 100}, "n", "n_too_large"),
-    ({"model": FAKE_MODEL, "messages": HELLO, "logprobs": True}, "logprobs",
-     "unsupported_parameter"),
-    ({"model": FAKE_MODEL, "messages": HELLO, "tools": [{"type": "function"}]}, "tools",
-     "unsupported_parameter"),
+    ({"model": FAKE_MODEL, "messages": HELLO, "top_logprobs": 2}, "top_logprobs",
+     "invalid_value"),
+    ({"model": FAKE_MODEL, "messages": HELLO, "logprobs": True, "top_logprobs": 21},
+     "top_logprobs", "invalid_value"),
+    ({"model": FAKE_MODEL, "messages": HELLO, "echo": True}, "echo", "unsupported_parameter"),
+    ({"model": FAKE_MODEL, "messages": HELLO, "tools": [{"type": "function"}]},
+     "tools[0].function", "missing_required_parameter"),
 ]
 
 

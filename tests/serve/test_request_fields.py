@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, StreamOptions
+from serve.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    StreamOptions,
+    StructuredOutputs,
+)
 from serve.request_fields import FIELD_TABLE, FieldRule, rules_for
 from tests.serve.fake_server import FAKE_MODEL, fake_app
 
@@ -47,6 +53,9 @@ def _request(endpoint: str, scope: str, name: str, value) -> tuple[dict, str]:
     if scope == "message":
         body.update(messages=[{**HELLO[0], name: value}])
         return body, f"messages[0].{name}"
+    if scope == "structured_outputs":
+        body.update(structured_outputs={"regex": "[a-z]+", name: value})
+        return body, f"structured_outputs.{name}"
     body[name] = value
     return body, name
 
@@ -54,7 +63,8 @@ def _request(endpoint: str, scope: str, name: str, value) -> tuple[dict, str]:
 def _cases(statuses: tuple[str, ...]) -> list[tuple[str, str, FieldRule]]:
     cases = []
     for endpoint in ROUTES:
-        scopes = (endpoint, "stream_options") + (("message",) if endpoint == "chat" else ())
+        scopes = (endpoint, "stream_options", "structured_outputs") + \
+            (("message",) if endpoint == "chat" else ())
         for scope in scopes:
             cases += [(endpoint, scope, rule) for rule in rules_for(scope).values()
                       if rule.status in statuses]
@@ -135,10 +145,12 @@ def test_honoured_vllm_fields_act(client, engine):
 
 def test_the_table_matches_the_request_models():
     models = {"completions": CompletionRequest, "chat": ChatCompletionRequest,
-              "stream_options": StreamOptions, "message": ChatMessage}
+              "stream_options": StreamOptions, "message": ChatMessage,
+              "structured_outputs": StructuredOutputs}
     for scope, model in models.items():
         honoured = {n for n, r in rules_for(scope).items() if r.status == "honoured"}
-        assert honoured == set(model.model_fields), scope
+        names = {f.alias or n for n, f in model.model_fields.items()}
+        assert honoured == names, scope
 
 
 def test_the_table_is_consistent_and_documented():

