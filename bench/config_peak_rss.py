@@ -27,6 +27,9 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from train_throughput import random_batch  # the peer's own batch maker
+
 BOUND = 1.5
 
 
@@ -91,13 +94,7 @@ def peer_shape(resolved: dict) -> tuple[int, int, str]:
 
 def peer_peak(model_dir: str, rows: int, length: int, dtype: str, vocab: int) -> int:
     """Peak RSS of the PyTorch peer (bench/train_throughput.py's loop) on a random batch."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, vocab, size=(rows, length + 1), dtype=np.int32)
-    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
-             "loss_mask": np.ones((rows, length), np.uint8),
-             "segment_ids": np.ones((rows, length), np.int32),
-             "positions": np.broadcast_to(np.arange(length, dtype=np.int32),
-                                          (rows, length)).copy()}
+    batch = random_batch(rows, length, vocab)
     with tempfile.TemporaryDirectory(prefix="jaxtune-rss-") as tmp:
         batches_file = Path(tmp) / "batches.npz"
         np.savez(batches_file, **{f"random/{k}": v for k, v in batch.items()})

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -81,3 +83,35 @@ def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if line.strip()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def logged_steps(metrics: Path) -> int:
+    """The highest step in a metrics.jsonl (0 when there is none yet)."""
+    if not metrics.is_file():
+        return 0
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return max((r["step"] for r in rows), default=0)
+
+
+def train_and_sigkill(config: Path, run_dir: Path, after_steps: int, *,
+                      once_checkpointed: bool = False, timeout: float = 240) -> int:
+    """Start `jaxtune train` on `config` in a subprocess and SIGKILL it once `after_steps`
+    steps are logged (and, with `once_checkpointed`, a checkpoint is committed); returns the
+    last logged step."""
+    from train_jax.checkpoint import committed_steps
+
+    proc = subprocess.Popen(train_command(config, f"run_dir={run_dir}"), cwd=config.parent,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while logged_steps(run_dir / "metrics.jsonl") < after_steps or (
+                once_checkpointed and not committed_steps(run_dir / "checkpoints")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return logged_steps(run_dir / "metrics.jsonl")

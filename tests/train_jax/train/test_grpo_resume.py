@@ -4,18 +4,14 @@ the prompt cursor and the sampling key, so the same completions are drawn)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.train_jax.train.grpo_toy import grpo_config
-from tests.train_jax.train.runs import env, train_command
+from tests.train_jax.train.runs import train_and_sigkill
 from train_jax.checkpoint import committed_steps
 from train_jax.config.run_config import load_run_config
 from train_jax.train.loop import train
@@ -39,13 +35,6 @@ def _sequences(run_dir: Path) -> dict[int, tuple[float, float]]:
             for r in read_metrics(run_dir / "metrics.jsonl")}
 
 
-def _logged_steps(metrics: Path) -> int:
-    if not metrics.is_file():
-        return 0
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return max((r["step"] for r in rows), default=0)
-
-
 def test_sigkill_and_resume_reproduce_rewards_and_losses(config, tmp_path, caplog):
     reference_dir = tmp_path / "reference"
     train(load_run_config(config, [f"run_dir={reference_dir}"]))
@@ -54,21 +43,7 @@ def test_sigkill_and_resume_reproduce_rewards_and_losses(config, tmp_path, caplo
     assert len({reward for reward, _ in reference.values()}) > 5  # rewards really vary
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(config, f"run_dir={run_dir}"), cwd=config.parent,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while _logged_steps(run_dir / "metrics.jsonl") < 12 or not committed_steps(
-                run_dir / "checkpoints"):
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = _logged_steps(run_dir / "metrics.jsonl")
+    killed_at = train_and_sigkill(config, run_dir, 12, once_checkpointed=True)
     assert killed_at < STEPS, "the run finished before it could be killed"
     saved = committed_steps(run_dir / "checkpoints")
     assert saved and max(saved) < STEPS

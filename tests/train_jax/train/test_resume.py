@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.train_jax.train.runs import env, losses, train_command, viggo_slice, write_config
+from tests.train_jax.train.runs import losses, train_and_sigkill, viggo_slice, write_config
 from train_jax.checkpoint import committed_steps
 from train_jax.config.run_config import load_run_config
 from train_jax.train.loop import train
@@ -28,13 +24,6 @@ def config(tmp_path_factory) -> Path:
                         checkpoint={"every": 5, "keep": 2, "keep_best": 0})
 
 
-def _logged_steps(metrics: Path) -> int:
-    if not metrics.is_file():
-        return 0
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return max((r["step"] for r in rows), default=0)
-
-
 def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(config, tmp_path, caplog):
     # The uninterrupted reference and the resumed run execute in this process (same devices
     # and XLA flags as the subprocess); only the run that gets killed needs its own process.
@@ -44,20 +33,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(config, tmp_path
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(config, f"run_dir={run_dir}"), cwd=config.parent,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while _logged_steps(run_dir / "metrics.jsonl") < 12:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = _logged_steps(run_dir / "metrics.jsonl")
+    killed_at = train_and_sigkill(config, run_dir, 12)
     assert killed_at < STEPS, "the run finished before it could be killed"
     saved = committed_steps(run_dir / "checkpoints")
     assert saved and max(saved) < STEPS
