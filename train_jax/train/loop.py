@@ -29,6 +29,7 @@ from train_jax.train.run_control import (
     StopFlag,
     planned_steps,
     progress_bar,
+    report_step,
     write_resolved_config,
 )
 from train_jax.train.run_setup import open_outputs, restore_latest, start_run
@@ -160,13 +161,7 @@ class _Loop:
                 if self.task_metric is not None:
                     values.update(self.task_metric(state))
                 last_eval = step
-            if values:
-                self.metrics.log(step, values)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
-                                     if k in ("loss", "val_loss", "tokens_per_s")})
-            if bar is not None:
-                bar.update(1)
+            report_step(self.metrics, bar, step, values, ("loss", "val_loss", "tokens_per_s"))
             if step % self.cfg.checkpoint.every == 0:
                 self.save(state, values)
                 last_saved = step

@@ -88,3 +88,14 @@ def progress_bar(enabled: bool, start: int, total: int, desc: str = "train") -> 
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def report_step(metrics: Any, bar: Any, step: int, values: dict[str, Any],
+                shown: tuple[str, ...]) -> None:
+    """Log this step's `values` (if any) and advance the progress bar, showing `shown` keys."""
+    if values:
+        metrics.log(step, values)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in shown})
+    if bar is not None:
+        bar.update(1)

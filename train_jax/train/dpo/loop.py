@@ -27,7 +27,7 @@ from train_jax.train.dpo.step import SUM_KEYS, DpoSteps, build_dpo_steps
 from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.partition import PureTree
-from train_jax.train.run_control import RunResult, StopFlag, progress_bar
+from train_jax.train.run_control import RunResult, StopFlag, progress_bar, report_step
 from train_jax.train.run_setup import open_outputs, restore_latest, start_run
 from train_jax.train.step import init_state, place, put_batch
 
@@ -146,13 +146,7 @@ class DpoLoop:
             if every and (step % every == 0 or step == total):
                 values.update(self.evaluate(state))
                 last_eval = step
-            if values:
-                self.metrics.log(step, values)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
-                                     if k in ("loss", "reward_margin", "accuracy", "val_loss")})
-            if bar is not None:
-                bar.update(1)
+            report_step(self.metrics, bar, step, values, ("loss", "reward_margin", "accuracy", "val_loss"))
             if step % self.cfg.checkpoint.every == 0:
                 self.save(state, values)
                 last_saved = step

@@ -44,6 +44,7 @@ from train_jax.train.run_control import (
     RunResult,
     StopFlag,
     progress_bar,
+    report_step,
     write_resolved_config,
 )
 from train_jax.train.run_setup import restore_latest
@@ -241,13 +242,7 @@ class _GrpoLoop:
             if self.task_metric is not None and every and (step % every == 0
                                                            or step == self.total):
                 values.update(self.task_metric(state))
-            if values:
-                self.metrics.log(step, values)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
-                                     if k in ("loss", "reward_mean", "kl")})
-            if bar is not None:
-                bar.update(1)
+            report_step(self.metrics, bar, step, values, ("loss", "reward_mean", "kl"))
             if step % self.cfg.checkpoint.every == 0:
                 self.save(state, values)
                 last_saved = step
