@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="demo directory; re-running continues its unfinished stages")
-    parser.add_argument("--task", default="viggo", choices=("viggo", "sql"))
+    parser.add_argument("--task", default="viggo", choices=("viggo", "sql", "gsm8k"))
     parser.add_argument("--base-model", default=KNOWN_BASE_MODELS[0],
                         help=f"a known name ({', '.join(KNOWN_BASE_MODELS)}) or a local HF folder")
     parser.add_argument("--config", type=Path, default=None,

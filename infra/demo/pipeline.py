@@ -31,6 +31,7 @@ class TaskFiles:
 TASK_FILES = {
     "viggo": TaskFiles(REPO_ROOT / "data/viggo/train.csv", REPO_ROOT / "data/viggo/valid.csv"),
     "sql": TaskFiles(REPO_ROOT / "data/sql/train.jsonl", REPO_ROOT / "data/sql/valid.jsonl"),
+    "gsm8k": TaskFiles(REPO_ROOT / "data/gsm8k/train.jsonl", REPO_ROOT / "data/gsm8k/valid.jsonl"),
 }
 
 
