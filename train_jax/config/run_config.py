@@ -78,12 +78,21 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with warm-up then a constant, linear or cosine schedule, and gradient clipping."""
+    """AdamW with warm-up then a constant, linear, cosine or warmup-stable-decay (`wsd`)
+    schedule, and gradient clipping.
+
+    `wsd` holds the peak rate after warm-up and decays over the last `decay_fraction` of the
+    run with `decay_shape`; its rate before the decay does not depend on the run's length, which
+    is what lets a time budget fix that length after timing the first steps (docs/TRAINING.md,
+    "Learning-rate schedule and the time budget").
+    """
 
     learning_rate: float = 1e-4
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    schedule: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # final lr / peak lr for linear and cosine decay
+    min_lr_ratio: float = 0.0  # final lr / peak lr for linear, cosine and wsd decay
+    decay_fraction: float = 0.2  # wsd: the share of all steps spent decaying (0, 1]
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd: how it decays
     weight_decay: float = 0.0  # never applied to norms and biases
     b1: float = 0.9
     b2: float = 0.999
@@ -97,6 +106,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"optimizer.decay_fraction must be in (0, 1] (the share of the steps "
+                              f"that decay), got {self.decay_fraction}")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"optimizer.clip_norm must be > 0 or null, got {self.clip_norm}")
 
@@ -184,14 +196,17 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     progress: bool = True
-    time_budget_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    # Stop (with a checkpoint) after this wall time; the schedule's length is then fixed from
+    # the times of the first steps so that its decay ends inside the budget (schedule_plan.py).
+    time_budget_minutes: float | None = None
+    budget_probe_steps: int = 5  # steps timed after the first (compiling) one to fix the length
     peak_tflops_per_device: float | None = None  # MFU denominator; null: measure a matmul
     # glibc policy for XLA:CPU's per-step host buffers: bounded | retain | huge_pages | system
     # (train/host_memory.py); `jaxtune train` re-executes itself once to apply it.
     host_allocator: HostAllocator = "bounded"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "micro_batches", "log_every"):
+        for name in ("steps", "batch_size", "micro_batches", "log_every", "budget_probe_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs <= 0:

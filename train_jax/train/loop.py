@@ -3,20 +3,25 @@
 The run directory holds `config.yaml` (resolved), `metrics.jsonl`, `tensorboard/`,
 `loss_curve.png` and `checkpoints/` (a jaxtune checkpoint directory `jaxtune export` reads).
 Re-running the same command resumes from the latest committed checkpoint; SIGTERM/SIGINT
-finish the current step, save, and return the signal's exit status.
+finish the current step, save, and return the signal's exit status. With a time budget the
+learning-rate schedule's length is fixed after timing the first steps (`schedule_plan.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 
 from train_jax.config.run_config import RunConfig
+from train_jax.train.budget_probe import BudgetProbe
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
@@ -32,8 +37,9 @@ from train_jax.train.run_control import (
     report_step,
     write_resolved_config,
 )
-from train_jax.train.run_setup import open_outputs, restore_latest, start_run
-from train_jax.train.step import build_train_steps, init_state, put_batch
+from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
+from train_jax.train.schedule_plan import PlannedState, SchedulePlan, starting_plan
+from train_jax.train.step import StepFunctions, build_train_steps, init_state, put_batch
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +47,40 @@ __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "RunResult", "planned_steps", "train
            "write_resolved_config"]
 
 
-def train(cfg: RunConfig) -> RunResult:
-    """Run (or resume) the training described by `cfg`."""
+def train(cfg: RunConfig, *, clock: Callable[[], float] = time.perf_counter) -> RunResult:
+    """Run (or resume) the training described by `cfg`. `clock` (seconds) times the steps
+    and the time budget of a supervised or DPO run; tests pass a fake one."""
     if cfg.objective.name == "dpo":
         from train_jax.train.dpo.loop import train_dpo
-        return train_dpo(cfg)
+        return train_dpo(cfg, clock=clock)
     if cfg.objective.name == "grpo":
         from train_jax.train.grpo.loop import train_grpo
         return train_grpo(cfg)
     run = start_run(cfg)
-    initial, datasets, feed, total_steps = run.initial, run.datasets, run.feed, run.total_steps
+    initial, datasets, feed = run.initial, run.datasets, run.feed
     n_train, n_frozen, parts = run.n_train, run.n_frozen, run.parts
     length = cfg.data.max_length
-    steps = build_train_steps(cfg, parts, run.mesh, run.trainable, total_steps)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.trainable)
+
+    def steps_for(plan: SchedulePlan) -> StepFunctions:
+        # Building is cheap: jit compiles at the first call, so a rebuild before any step
+        # costs nothing and one after the timed steps costs one compile (counted in the budget).
+        return build_train_steps(cfg, parts, run.mesh, abstract, plan.total_steps,
+                                 plan.decay_start)
+
+    plan = starting_plan(cfg, run.total_steps)
+    steps = steps_for(plan)
     train_shape = steps.batch_shape
     state = init_state(parts, steps.tx, run.trainable, run.frozen, steps.state_shardings)
     run.trainable = run.frozen = {}  # the state holds them now
 
     checkpointer, metrics = open_outputs(cfg, run)
-    state, start = restore_latest(checkpointer, metrics, feed, state)
+    planned = PlannedState(feed, plan)
+    state, start = restore_latest(checkpointer, metrics, planned, state)
     if start is not None:
         logger.info("resumed from checkpoint step %d", start)
+    if settle_plan(cfg, planned, start, run.total_steps):
+        steps = steps_for(planned.plan)
 
     val_rows = train_shape[1] // jax.process_count()
     val_sets = [(src.dataset.task, validation_batches(ds, cfg.eval.batches, val_rows))
@@ -76,10 +95,10 @@ def train(cfg: RunConfig) -> RunResult:
 
         task_metric = TaskMetric(cfg.data.sources[0], initial.assets_dir, cfg.eval.task_samples,
                                  cfg.eval.max_new_tokens)
-    loop = _Loop(cfg, total_steps, steps, feed, checkpointer, metrics, val_sets, train_shape,
+    loop = _Loop(cfg, planned, steps, feed, checkpointer, metrics, val_sets, train_shape,
                  flops_per_token * cfg.train.batch_size * length, peak,
                  (lambda s: task_metric(parts.merge(s["trainable"], s["frozen"], train=False)))
-                 if task_metric else None)
+                 if task_metric else None, clock=clock, steps_for=steps_for)
     try:
         with StopFlag() as stop:
             result = loop.run(state, stop)
@@ -94,17 +113,23 @@ def train(cfg: RunConfig) -> RunResult:
 class _Loop:
     """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
 
-    def __init__(self, cfg: RunConfig, total_steps: int, steps: Any, feed: BatchFeed,
-                 checkpointer: TrainCheckpointer,
+    def __init__(self, cfg: RunConfig, planned: PlannedState, steps: StepFunctions,
+                 feed: BatchFeed, checkpointer: TrainCheckpointer,
                  metrics: MetricsLogger, val_sets: list[tuple[str, dict[str, np.ndarray]]],
                  train_shape: tuple[int, int, int], flops_per_step: float, peak: float,
-                 task_metric: Any = None):
-        self.cfg, self.total_steps, self.steps, self.feed = cfg, total_steps, steps, feed
+                 task_metric: Any = None, *, clock: Callable[[], float] = time.perf_counter,
+                 steps_for: Callable[[SchedulePlan], StepFunctions] | None = None):
+        self.cfg, self.planned, self.steps, self.feed = cfg, planned, steps, feed
         self.checkpointer, self.metrics, self.val_sets = checkpointer, metrics, val_sets
         self.train_shape, self.flops_per_step, self.peak = train_shape, flops_per_step, peak
         self.shardings = steps.batch_shardings(train_shape)
         self.config_dict = cfg.to_dict()
         self.task_metric = task_metric
+        self.clock, self.steps_for = clock, steps_for
+
+    @property
+    def total_steps(self) -> int:
+        return self.planned.plan.total_steps
 
     def evaluate(self, state: Any) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -117,23 +142,36 @@ class _Loop:
             out["val_loss"] = float(np.mean(list(out.values())))
             if len(self.val_sets) == 1:
                 out.pop(f"val_loss/{self.val_sets[0][0]}")
+        if self.task_metric is not None:
+            out.update(self.task_metric(state))
         return out
 
     def save(self, state: Any, values: dict[str, Any]) -> None:
-        self.checkpointer.save(state, self.feed.get_state(), self.config_dict, values)
+        self.checkpointer.save(state, self.planned.get_state(), self.config_dict, values)
+
+    def rebuild(self, plan: SchedulePlan) -> None:
+        """Take the train step of `plan` (the eval step, already compiled, stays)."""
+        if self.steps_for is not None:
+            fresh = self.steps_for(plan)
+            self.steps = dataclasses.replace(self.steps, train_step=fresh.train_step, tx=fresh.tx)
+
+    def save_committed(self, state: Any, values: dict[str, Any]) -> None:
+        self.save(state, values)
+        self.checkpointer.wait()
 
     def run(self, state: Any, stop: StopFlag) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state["step"]))
-        total = self.total_steps
         budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = time.perf_counter()
-        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total)
-        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+        started = self.clock()
+        probe = (None if self.planned.plan.is_fixed else
+                 BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
+        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, self.total_steps)
+        window_start, window_steps, window_tokens = self.clock(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
-        while step < total and stop.signum is None:
-            if time.perf_counter() - started > budget_s:
+        while step < self.total_steps and stop.signum is None:
+            if self.clock() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
                             step)
                 break
@@ -145,38 +183,48 @@ class _Loop:
             step += 1
             window_steps += 1
             values: dict[str, Any] = {}
+            if probe is not None and probe.timed(step_metrics):
+                plan, values, saved = probe.fix(step, partial(self.evaluate, state),
+                                                partial(self.save_committed, state))
+                self.rebuild(plan)
+                last_eval = step if self.cfg.eval.every else last_eval
+                last_saved = step if saved else last_saved
+                probe = None
+                if bar is not None:
+                    bar.total = plan.total_steps
+                    bar.refresh()
+            total = self.total_steps
             if step % cfg.log_every == 0 or step == total or step == 1:
                 host = jax.device_get(step_metrics)
-                elapsed = time.perf_counter() - window_start
+                elapsed = self.clock() - window_start
                 last_loss = float(host["loss"])
-                values = {"loss": last_loss, "lr": float(host["lr"]),
-                          "grad_norm": float(host["grad_norm"]),
-                          "tokens_per_s": window_tokens * jax.process_count() / elapsed,
-                          "mfu": self.flops_per_step * window_steps / elapsed / self.peak,
-                          "epoch": round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)}
-                window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                values.update({"loss": last_loss, "lr": float(host["lr"]),
+                               "grad_norm": float(host["grad_norm"]),
+                               "tokens_per_s": window_tokens * jax.process_count() / elapsed,
+                               "mfu": self.flops_per_step * window_steps / elapsed / self.peak,
+                               "epoch": round(float(getattr(self.feed.iterator, "epoch", 0.0)),
+                                              4)})
+                window_start, window_steps, window_tokens = self.clock(), 0, 0
             every = self.cfg.eval.every
-            if every and (step % every == 0 or step == total):
+            if every and (step % every == 0 or step == total) and last_eval != step:
                 values.update(self.evaluate(state))
-                if self.task_metric is not None:
-                    values.update(self.task_metric(state))
                 last_eval = step
+            if values:  # the schedule's length, in the first row logged after it is fixed
+                values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "val_loss", "tokens_per_s"))
-            if step % self.cfg.checkpoint.every == 0:
+            if step % self.cfg.checkpoint.every == 0 and last_saved != step:
                 self.save(state, values)
                 last_saved = step
         if bar is not None:
             bar.close()
+        total = self.total_steps
         if step != last_saved:
             final: dict[str, Any] = {}
             if stop.signum is None and self.cfg.eval.every and last_eval != step:
                 final = self.evaluate(state)  # a budget stop still gets ranked and logged
-                if self.task_metric is not None:
-                    final.update(self.task_metric(state))
                 if final:
                     self.metrics.log(step, final)
             self.save(state, final)
         self.checkpointer.wait()
         logger.info("stopped at step %d of %d", step, total)
         return RunResult(step, stop.signum, last_loss, total)
-

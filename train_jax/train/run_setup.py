@@ -27,6 +27,7 @@ from train_jax.train.metrics import MetricsLogger
 from train_jax.train.model_init import InitialModel, load_initial_model
 from train_jax.train.partition import ModelParts, PureTree
 from train_jax.train.run_control import CHECKPOINT_DIR, planned_steps, write_resolved_config
+from train_jax.train.schedule_plan import PlannedState, resumed_plan
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +99,16 @@ def restore_latest(checkpointer: TrainCheckpointer, metrics: MetricsLogger, feed
     feed.set_state(data_state)
     metrics.truncate_after(start)
     return state, start
+
+
+def settle_plan(cfg: RunConfig, planned: PlannedState, start: int | None,
+                planned_total: int) -> bool:
+    """After `restore_latest(..., planned, ...)`: the schedule plan the run follows from here
+    (`planned.plan`: the checkpoint's fixed length, or the config's), logged in one line. True
+    when it differs from the plan the steps were built with (the loop then rebuilds them;
+    nothing has compiled yet)."""
+    built = planned.plan
+    if start is not None:
+        planned.plan = resumed_plan(cfg, planned_total, start, planned.restored)
+    logger.info("%s", planned.plan.describe(cfg.optimizer))
+    return planned.plan != built

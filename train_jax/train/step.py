@@ -63,12 +63,13 @@ def train_batch_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def build_train_steps(cfg: RunConfig, parts: ModelParts, mesh: Mesh, trainable: PureTree,
-                      total_steps: int) -> StepFunctions:
+                      total_steps: int, decay_start: int | None = None) -> StepFunctions:
     """The jitted steps of run `cfg` on `mesh`: optimizer, schedule and batch shape from the
     config. The one builder `jaxtune train` and the AOT plan (`aot_plan.py`) share, so a plan
     compiles exactly the step training runs. `trainable` may be abstract (ShapeDtypeStructs).
+    `decay_start`: where the schedule's decay starts (None: the schedule's default).
     """
-    schedule = learning_rate_schedule(cfg.optimizer, total_steps)
+    schedule = learning_rate_schedule(cfg.optimizer, total_steps, decay_start)
     tx = build_optimizer(cfg.optimizer, schedule)
     return build_steps(parts, tx, schedule, mesh, trainable, train_batch_shape(cfg))
 

@@ -10,9 +10,12 @@ it like any run). Each logged step writes `loss`, `reward_margin`, `accuracy`, `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -20,6 +23,7 @@ import numpy as np
 
 from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import RunConfig
+from train_jax.train.budget_probe import BudgetProbe
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.dpo.plots import plot_dpo_curves
@@ -28,7 +32,8 @@ from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.partition import PureTree
 from train_jax.train.run_control import RunResult, StopFlag, progress_bar, report_step
-from train_jax.train.run_setup import open_outputs, restore_latest, start_run
+from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
+from train_jax.train.schedule_plan import PlannedState, SchedulePlan, starting_plan
 from train_jax.train.step import init_state, place, put_batch
 
 logger = logging.getLogger(__name__)
@@ -48,14 +53,21 @@ def check_dpo_config(cfg: RunConfig) -> None:
                           "to 0 (evaluate the exported model with `jaxtune eval accuracy`)")
 
 
-def train_dpo(cfg: RunConfig) -> RunResult:
-    """Run (or resume) the DPO training described by `cfg`."""
+def train_dpo(cfg: RunConfig, *, clock: Callable[[], float] = time.perf_counter) -> RunResult:
+    """Run (or resume) the DPO training described by `cfg`; `clock` as in `loop.train`."""
     check_dpo_config(cfg)
     run = start_run(cfg)
     # Full and freeze: the reference is a frozen copy of the starting trainable weights (the
     # frozen ones are shared). LoRA: the base itself with the adapters off, no second copy.
     has_copy = cfg.method.name != "lora"
-    steps = build_dpo_steps(cfg, run.parts, run.mesh, run.trainable, has_copy, run.total_steps)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.trainable)
+
+    def steps_for(plan: SchedulePlan) -> DpoSteps:  # as in loop.py: compiles at the first call
+        return build_dpo_steps(cfg, run.parts, run.mesh, abstract, has_copy, plan.total_steps,
+                               plan.decay_start)
+
+    planned = PlannedState(run.feed, starting_plan(cfg, run.total_steps))
+    steps = steps_for(planned.plan)
     reference: PureTree = place(run.trainable, steps.reference_shardings) if has_copy else {}
     state = init_state(run.parts, steps.tx, run.trainable, run.frozen, steps.state_shardings)
     run.trainable = run.frozen = {}  # the state (and the reference) hold them now
@@ -64,14 +76,16 @@ def train_dpo(cfg: RunConfig) -> RunResult:
                 "starting weights (frozen copy)" if has_copy else "base with LoRA adapters off")
 
     checkpointer, metrics = open_outputs(cfg, run)
-    state, start = restore_latest(checkpointer, metrics, run.feed, state)
+    state, start = restore_latest(checkpointer, metrics, planned, state)
     if start is not None:
         logger.info("resumed from checkpoint step %d", start)
+    if settle_plan(cfg, planned, start, run.total_steps):
+        steps = steps_for(planned.plan)
 
     val_rows = steps.batch_shape[1] * steps.batch_shape[0] // jax.process_count()
     val_sets = [validation_batches(ds, cfg.eval.batches, val_rows) for ds in run.datasets]
-    loop = DpoLoop(cfg, run.total_steps, steps, reference, run.feed, checkpointer, metrics,
-                   [v for v in val_sets if v is not None])
+    loop = DpoLoop(cfg, planned, steps, reference, run.feed, checkpointer, metrics,
+                   [v for v in val_sets if v is not None], steps_for, clock)
     try:
         with StopFlag() as stop:
             result = loop.run(state, stop)
@@ -87,10 +101,13 @@ def train_dpo(cfg: RunConfig) -> RunResult:
 class DpoLoop:
     """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
 
-    def __init__(self, cfg: RunConfig, total_steps: int, steps: DpoSteps, reference: PureTree,
-                 feed: BatchFeed, checkpointer: TrainCheckpointer, metrics: MetricsLogger,
-                 val_sets: list[dict[str, np.ndarray]]):
-        self.cfg, self.total_steps, self.steps, self.reference = cfg, total_steps, steps, reference
+    def __init__(self, cfg: RunConfig, planned: PlannedState, steps: DpoSteps,
+                 reference: PureTree, feed: BatchFeed, checkpointer: TrainCheckpointer,
+                 metrics: MetricsLogger, val_sets: list[dict[str, np.ndarray]],
+                 steps_for: Any = None, clock: Callable[[], float] = time.perf_counter):
+        self.cfg, self.planned, self.steps, self.reference = cfg, planned, steps, reference
+        self.steps_for = steps_for  # SchedulePlan -> DpoSteps, for the budget-fixed length
+        self.clock = clock
         self.feed, self.checkpointer, self.metrics, self.val_sets = (feed, checkpointer, metrics,
                                                                      val_sets)
         self.shardings = steps.batch_shardings(steps.batch_shape)
@@ -111,20 +128,39 @@ class DpoLoop:
         pairs = max(totals["pairs"], 1.0)
         return {f"val_{k}": totals[k] / pairs for k in VAL_KEYS}
 
+    @property
+    def total_steps(self) -> int:
+        return self.planned.plan.total_steps
+
     def save(self, state: Any, values: dict[str, Any]) -> None:
-        self.checkpointer.save(state, self.feed.get_state(), self.config_dict, values)
+        self.checkpointer.save(state, self.planned.get_state(), self.config_dict, values)
+
+    def save_committed(self, state: Any, values: dict[str, Any]) -> None:
+        self.save(state, values)
+        self.checkpointer.wait()
+
+    def fix_schedule(self, probe: BudgetProbe, state: Any, step: int) -> tuple[dict, bool]:
+        """The time budget's length fixed after the timed steps; the train step rebuilt."""
+        plan, values, saved = probe.fix(step, partial(self.evaluate, state),
+                                        partial(self.save_committed, state))
+        if self.steps_for is not None:
+            fresh = self.steps_for(plan)
+            self.steps = dataclasses.replace(self.steps, train_step=fresh.train_step, tx=fresh.tx)
+        return values, saved
 
     def run(self, state: Any, stop: StopFlag) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state["step"]))
         total, every = self.total_steps, self.cfg.eval.every
         budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = window_start = time.perf_counter()
+        started = window_start = self.clock()
+        probe = (None if self.planned.plan.is_fixed else
+                 BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
         window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         while step < total and stop.signum is None:
-            if time.perf_counter() - started > budget_s:
+            if self.clock() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
                             step)
                 break
@@ -135,19 +171,29 @@ class DpoLoop:
             heap.after_step()
             step += 1
             values: dict[str, Any] = {}
+            if probe is not None and probe.timed(step_metrics):
+                values, saved = self.fix_schedule(probe, state, step)
+                last_eval = step if every else last_eval
+                last_saved = step if saved else last_saved
+                probe, total = None, self.total_steps
+                if bar is not None:
+                    bar.total = total
+                    bar.refresh()
             if step % cfg.log_every == 0 or step == total or step == 1:
                 host = jax.device_get(step_metrics)
-                elapsed = time.perf_counter() - window_start
-                values = {k: float(host[k]) for k in (*SUM_KEYS, "lr", "grad_norm")}
+                elapsed = self.clock() - window_start
+                values.update({k: float(host[k]) for k in (*SUM_KEYS, "lr", "grad_norm")})
                 values["tokens_per_s"] = window_tokens * jax.process_count() / elapsed
                 values["epoch"] = round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)
                 last_loss = values["loss"]
-                window_start, window_tokens = time.perf_counter(), 0
-            if every and (step % every == 0 or step == total):
+                window_start, window_tokens = self.clock(), 0
+            if every and (step % every == 0 or step == total) and last_eval != step:
                 values.update(self.evaluate(state))
                 last_eval = step
+            if values:  # the schedule's length, in the first row logged after it is fixed
+                values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "reward_margin", "accuracy", "val_loss"))
-            if step % self.cfg.checkpoint.every == 0:
+            if step % self.cfg.checkpoint.every == 0 and last_saved != step:
                 self.save(state, values)
                 last_saved = step
         if bar is not None:

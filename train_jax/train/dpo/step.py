@@ -101,9 +101,11 @@ class DpoSteps:
 
 
 def build_dpo_steps(cfg: RunConfig, parts: ModelParts, mesh: Mesh, trainable: PureTree,
-                    has_reference_copy: bool, total_steps: int) -> DpoSteps:
-    """The jitted DPO steps of run `cfg` on `mesh` (optimizer and schedule as in SFT)."""
-    schedule = learning_rate_schedule(cfg.optimizer, total_steps)
+                    has_reference_copy: bool, total_steps: int,
+                    decay_start: int | None = None) -> DpoSteps:
+    """The jitted DPO steps of run `cfg` on `mesh` (optimizer and schedule as in SFT;
+    `decay_start` as in `step.build_train_steps`)."""
+    schedule = learning_rate_schedule(cfg.optimizer, total_steps, decay_start)
     tx = build_optimizer(cfg.optimizer, schedule)
     micro = cfg.train.micro_batches
     shape = (micro, cfg.train.batch_size // micro, 2, cfg.data.max_length)
