@@ -20,6 +20,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("model", "import"), "train_jax.convert.import_cli", "HF folder -> jaxtune checkpoint"),
     (("model", "check"), "train_jax.convert.check_cli", "Flax vs transformers logit parity"),
     (("export",), "train_jax.convert.export_cli", "jaxtune checkpoint -> HF folder"),
+    (("verify",), "infra.verify.cli", "Flax vs transformers vs served model on fixed prompts"),
     (("data", "prepare"), "train_jax.data.cli", "clean, tokenise, mask and pack a dataset"),
     (("train",), "train_jax.train.cli", "fine-tune a model from a YAML config"),
     (("plan",), "train_jax.train.plan_cli", "print the sharding plan and memory per device"),

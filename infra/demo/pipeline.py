@@ -1,6 +1,6 @@
 """The demo pipeline: each stage is a jaxtune subcommand (or a served model plus eval commands).
 
-Stages, in order: fetch -> prepare -> baseline -> train -> export -> tuned -> report.
+Stages, in order: fetch -> prepare -> baseline -> train -> export -> verify -> tuned -> report.
 """
 
 from __future__ import annotations
@@ -93,6 +93,11 @@ class DemoPipeline:
         """The exported tuned model (HF folder)."""
         return self.root / "tuned_model"
 
+    @property
+    def verify_dir(self) -> Path:
+        """Where `jaxtune verify` writes verify.json and verify.md."""
+        return self.root / "verify"
+
     def eval_dir(self, name: str) -> Path:
         """Where the eval outputs of `name` go."""
         return self.root / "eval" / name
@@ -106,6 +111,8 @@ class DemoPipeline:
             Stage("baseline", "serve the untuned model and evaluate it (prompted)", self._baseline),
             Stage("train", f"fine-tune for about {self.s.budget_minutes:g} minutes", self._train),
             Stage("export", "export the tuned checkpoint to a HF folder", self._export),
+            Stage("verify", "test before deploy: checkpoint vs export vs served export",
+                  self._verify),
             Stage("tuned", "serve the tuned model; evaluate accuracy and latency", self._tuned),
             Stage("report", "write the report", self._report),
         ]
@@ -164,6 +171,16 @@ class DemoPipeline:
                                    "--out", str(self.tuned_dir)), self.logs / "export.log")
         return {"tuned_model": str(self.tuned_dir)}
 
+    def _verify(self) -> dict:
+        # The task's own prompts; a failing pair stops the demo before the export is served.
+        run_logged(jaxtune_command(
+            "verify", "--checkpoint", str(self.run_dir / "checkpoints"), "--export",
+            str(self.tuned_dir), "--task", self.s.task, "--data", str(self.files.valid),
+            "--out", str(self.verify_dir), *(f"--serve-arg={arg}" for arg in self.s.serve_args)),
+            self.logs / "verify.log")
+        return {"verify_dir": str(self.verify_dir),
+                "passed": load_json(self.verify_dir / "verify.json")["passed"]}
+
     def _tuned(self) -> dict:
         acc_out, lat_out = self.eval_dir("tuned"), self.eval_dir("latency")
         with served_model(self.tuned_dir, "tuned", self.logs / "serve_tuned.log",
@@ -192,7 +209,7 @@ class DemoPipeline:
             base_model_dir=Path(str(self.base_dir)), tuned_dir=self.tuned_dir,
             run_dir=self.run_dir, logs=self.logs, tuned_style=self.tuned_style(),
             baseline_shots=self.s.baseline_shots, budget_minutes=self.s.budget_minutes,
-            stage_seconds=self.stage_seconds(),
+            stage_seconds=self.stage_seconds(), verify_dir=self.verify_dir,
             eval_dirs={name: self.eval_dir(name) for name in ("base", "tuned", "compare", "latency")}))
         return {"report": str(report), "compare_dir": str(compare_out)}
 

@@ -27,6 +27,7 @@ class DemoRecord:
     budget_minutes: float
     stage_seconds: dict[str, float | None]
     eval_dirs: dict[str, Path]  # base, tuned, compare, latency -> where that eval wrote
+    verify_dir: Path | None = None  # where `jaxtune verify` wrote verify.md
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -79,6 +80,17 @@ def _training_summary(metrics_path: Path) -> list[str]:
     return lines
 
 
+def _verify_section(verify_dir: Path | None) -> list[str]:
+    table = verify_dir / "verify.md" if verify_dir is not None else None
+    if table is None or not table.is_file():
+        return []
+    return ["## Verify (test before deploy)", "",
+            ("`jaxtune verify`: the training checkpoint in Flax, the export in transformers and "
+             "the export served by vLLM, on the same prompts (see docs/SERVING.md, "
+             "\"Verifying an export\")."), "",
+            table.read_text().rstrip(), ""]
+
+
 def write_report(demo: DemoRecord) -> Path:
     """Write `REPORT.md` (+ PNGs copied beside it) for a finished demo; return its path."""
     root = demo.root
@@ -105,6 +117,7 @@ def write_report(demo: DemoRecord) -> Path:
     if compare:
         lines += [("Paired comparison (McNemar): see "
                    f"[{demo.eval_dirs['compare'] / 'report.md'}]({demo.eval_dirs['compare'] / 'report.md'})."), ""]
+    lines += _verify_section(demo.verify_dir)
     lines += ["## Training", "", *_training_summary(demo.run_dir / "metrics.jsonl"),
               (f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
                f"(budget {demo.budget_minutes:g} min)"), "",

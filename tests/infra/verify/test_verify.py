@@ -1,0 +1,160 @@
+"""`jaxtune verify` without a server: Flax vs transformers on a tiny export (full and LoRA), a
+corrupted export caught, bad inputs refused; the numbers of each pair on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from infra.cli import main
+from infra.verify.metrics import compare_full, compare_greedy, compare_server
+from infra.verify.tolerances import TOLERANCES
+from tests.fixtures.tiny_model import build_exported_tiny_model, build_tiny_hf_model
+
+TOL = TOLERANCES["float32"]["server"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """work dir with `checkpoint/` (jaxtune) and `export/` (HF) of the same tiny model."""
+    return build_exported_tiny_model(tmp_path_factory.mktemp("verify")).parent
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    return {row["name"]: row for row in json.loads((out / "verify.json").read_text())["rows"]}
+
+
+def test_flax_and_transformers_agree_on_an_export(tiny, tmp_path, capsys):
+    code = main(["verify", "--checkpoint", str(tiny / "checkpoint"), "--export",
+                 str(tiny / "export"), "--no-server", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = _rows(tmp_path)["flax vs transformers"]
+    assert row["passed"] and row["kl_scope"] == "full vocabulary"
+    assert 0 < row["max_dlogprob"] <= 1e-3 and row["agreement"] == 1.0 and row["count"] > 50
+    assert "| flax vs transformers | prompt logprobs |" in out and out.rstrip().endswith("PASS")
+    assert (tmp_path / "verify.md").read_text() == out
+
+
+def test_a_corrupted_export_fails_and_names_the_pair(tiny, tmp_path, capsys):
+    export = shutil.copytree(tiny / "export", tmp_path / "export")
+    weights = load_file(export / "model.safetensors")
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] += 0.5  # one weight of one matrix
+    save_file(weights, export / "model.safetensors", metadata={"format": "pt"})
+    code = main(["verify", "--checkpoint", str(tiny / "checkpoint"), "--export", str(export),
+                 "--no-server", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert json.loads(captured.out)["passed"] is False
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("jaxtune: verify failed")]
+    assert "flax vs transformers: max |dlogprob|" in line
+
+
+def test_a_lora_checkpoint_is_scored_with_its_adapters(tmp_path, capsys):
+    from train_jax import checkpoint as ckpt
+    from train_jax.convert import names
+    from train_jax.convert.hf_import import from_hf
+    from train_jax.model.config import LoraSpec
+
+    src = build_tiny_hf_model(tmp_path / "src")
+    lora = LoraSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
+    cfg, params = from_hf(src, lora=lora)
+    flat, rng = names.flatten(params), np.random.default_rng(0)
+    # Imported params carry no adapters: give every target kernel a non-zero pair.
+    for path in [p for p in list(flat) if p[-1] == "kernel" and p[-2] in lora.targets]:
+        fan_in, fan_out = flat[path].shape
+        flat[(*path[:-1], "lora_a")] = rng.standard_normal((fan_in, lora.rank)).astype(np.float32) * 0.1
+        flat[(*path[:-1], "lora_b")] = rng.standard_normal((lora.rank, fan_out)).astype(np.float32) * 0.5
+    ckpt.write_model_checkpoint(tmp_path / "ckpt", names.unflatten(flat), cfg, assets_from=src)
+    # No --export: verify exports (merging the adapters) into its --out work folder.
+    assert main(["verify", "--checkpoint", str(tmp_path / "ckpt"), "--no-server",
+                 "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().out
+    assert _rows(tmp_path / "out")["flax vs transformers"]["passed"]
+    # The merge matters: the base model alone is far from the adapted checkpoint.
+    code = main(["verify", "--checkpoint", str(tmp_path / "ckpt"), "--export", str(src),
+                 "--no-server"])
+    assert code == 1 and "flax vs transformers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "give --checkpoint CKPT_DIR and/or --export HF_DIR"),
+    (["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found: /nonexistent/ckpt"),
+    (["--export", "/nonexistent/export"], "export not found: /nonexistent/export"),
+    (["--export", "/tmp", "--no-server"], "/tmp is not an HF model folder (no config.json)"),
+    (["--export", "x", "--task", "viggo"], "--task needs --data FILE"),
+])
+def test_bad_inputs_are_one_line_errors(argv, message, capsys):
+    assert main(["verify", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"jaxtune: error: {message}"
+
+
+def test_a_training_run_dir_gets_a_hint(tiny, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to(tiny / "checkpoint")
+    assert main(["verify", "--checkpoint", str(run_dir), "--no-server"]) == 1
+    assert f"did you mean {run_dir / 'checkpoints'}?" in capsys.readouterr().err
+
+
+def _logprobs(logits: np.ndarray) -> np.ndarray:
+    return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+
+def test_full_distribution_numbers():
+    rng = np.random.default_rng(0)
+    ref = _logprobs(rng.standard_normal((5, 7)))
+    ids = [0, 3, 1, 6, 2]
+    same = compare_full("a", "b", [ref], [ref], [ids], TOL)
+    assert same.passed and same.max_dlogprob == 0 and same.mean_kl == 0 and same.count == 4
+    shifted = ref.copy()
+    shifted[1] = _logprobs(shifted[1] + np.eye(7)[1] * 0.1)  # position 2 scores token ids[2] = 1
+    out = compare_full("a", "b", [ref], [shifted], [ids], TOL)
+    assert out.max_dlogprob == pytest.approx(abs(ref[1, 1] - shifted[1, 1]))
+    expected_kl = (np.exp(ref[1]) * (ref[1] - shifted[1])).sum() / 4
+    assert out.mean_kl == pytest.approx(expected_kl)
+    assert not out.passed and out.failures[0].startswith("max |dlogprob|")
+
+
+def test_server_numbers_use_the_returned_candidates_only():
+    rng = np.random.default_rng(1)
+    ref = _logprobs(rng.standard_normal((3, 10)))
+    ids = [4, 2, 9]
+
+    def entry(row: np.ndarray, token: int, k: int, bump: float = 0.0) -> dict:
+        order = np.argsort(-row)
+        cands = {int(c) for c in order[:k]} | {token}
+        return {c: (float(row[c]) + (bump if c == token else 0.0), int((row > row[c]).sum()) + 1)
+                for c in cands}
+
+    exact = [None, entry(ref[0], 2, 3), entry(ref[1], 9, 3)]
+    out = compare_server("transformers", "vllm", [ref], [exact], [ids], TOL, top_k=3)
+    assert out.passed and out.max_dlogprob == 0 and out.mean_kl == pytest.approx(0, abs=1e-12)
+    assert out.agreement == 1.0 and "top-3" in out.kl_scope
+    off = [None, entry(ref[0], 2, 3, bump=0.05), entry(ref[1], 9, 3)]
+    bad = compare_server("transformers", "vllm", [ref], [off], [ids], TOL, top_k=3)
+    assert bad.max_dlogprob == pytest.approx(0.05) and bad.mean_kl > 0 and not bad.passed
+
+
+def test_greedy_rows_count_only_decisive_disagreements():
+    out = compare_greedy("transformers", "vllm b1", [None, 1e-4, None, 3.0], TOL)
+    assert out.agreement == 0.5 and out.decisive == 1 and not out.passed
+    assert compare_greedy("a", "b", [None, TOL.tie_gap / 2], TOL).passed
+
+
+def test_a_bf16_export_is_compared_with_the_checkpoint_rounded_to_bf16(tiny, tmp_path, capsys):
+    # The export rounds every weight; the Flax side rounds the same way, so float32's tight
+    # bound still holds and a conversion error would stand out from the rounding.
+    code = main(["verify", "--checkpoint", str(tiny / "checkpoint"), "--dtype", "bf16",
+                 "--no-server", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "verify.json").read_text())
+    assert report["dtype"] == "bfloat16"
+    row = _rows(tmp_path / "out")["flax vs transformers"]
+    assert row["passed"] and row["max_dlogprob"] <= TOLERANCES["bfloat16"]["local"].max_dlogprob
+    assert "weights rounded to bfloat16" in json.dumps(report["sources"])
