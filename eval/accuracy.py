@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from eval.accuracy_records import ExampleResult
 from eval.cache import GenerationCache
 from eval.client import ClientConfig, Endpoint, OpenAIClient, Prompt, RequestOutcome, SamplingParams
+from eval.constrained_check import check_constraint_accepted
 from eval.failures import count_failures
 from eval.latency_stats import summarise as summarise_latency
 from eval.preflight import check_server
@@ -28,7 +30,8 @@ from eval.report_accuracy import write_accuracy_report
 from eval.stats import estimate
 from eval.tasks import get_task, prompting
 from eval.tasks.records import PROMPT_STYLES, PromptStyle, TaskExample
-from eval.tasks.scoring import ExampleScore, MetricKind
+from eval.tasks.scoring import ExampleScore, MetricKind, group_metric_name
+from eval.tasks.sql_databases import check_db_dir, shipped_db_dir
 from eval.tasks.task import Task
 
 logger = logging.getLogger(__name__)
@@ -44,7 +47,9 @@ class AccuracyConfig:
 
     `endpoint` defaults from `style` (structured -> completions, chat -> chat). With
     `shots` > 0 the shots come from `shot_data`, or else from the first `shots` examples of
-    `data`, which are then not evaluated.
+    `data`, which are then not evaluated. `db_dir` (task ``sql`` only) is the directory of real
+    databases rows are executed on by ``db_id``; None: the task's default (the shipped Spider
+    databases when this install has them).
     """
 
     task: str
@@ -56,9 +61,18 @@ class AccuracyConfig:
     limit: int | None = None
     max_tokens: int | None = None
     skip_bad_rows: bool = False
+    db_dir: Path | None = None
+    constrained: bool = False  # decode under the task's output grammar (structured outputs)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # raises on an unknown task name
+        if self.constrained and get_task(self.task).output_grammar() is None:
+            raise AccuracyConfigError(f"task {self.task!r} has no output grammar to constrain "
+                                      "decoding with; drop --constrained")
+        if self.db_dir is not None and self.task != "sql":
+            raise AccuracyConfigError(f"--db-dir applies to --task sql only, not {self.task!r}")
+        if self.db_dir is not None:
+            check_db_dir(self.db_dir)  # DatabaseDirError naming the path
         if self.style not in PROMPT_STYLES:
             raise AccuracyConfigError(f"style must be one of {PROMPT_STYLES}, got {self.style!r}")
         if self.style == "chat" and self.endpoint == "completions":
@@ -78,10 +92,41 @@ class AccuracyConfig:
             return self.endpoint
         return "chat" if self.style == "chat" else "completions"
 
+    @property
+    def resolved_db_dir(self) -> Path | None:
+        """The real databases the SQL task runs on: `db_dir`, else the shipped ones if any."""
+        if self.task != "sql":
+            return None
+        return self.db_dir if self.db_dir is not None else shipped_db_dir()
+
+
+def task_for(config: AccuracyConfig) -> Task:
+    """The task object `config` evaluates with (the SQL task on `config.db_dir` if given).
+
+    Raises `DatabaseDirError` when `db_dir` holds no databases.
+    """
+    if config.db_dir is None:
+        return get_task(config.task)
+    from eval.tasks.sql import SqlTask  # the only task with a database directory
+
+    return SqlTask(config.db_dir)
+
+
+def group_scores(task: Task, scored: ExampleScore) -> dict[str, float | None]:
+    """The example's value of each metric, then of each group metric (`group_metric_name`):
+    its value in its own group, None in the others (an example counts in one group only)."""
+    scores = dict(scored.values)
+    for metric in task.metrics:
+        for group in metric.groups:
+            own = scored.groups.get(metric.name) == group
+            scores[group_metric_name(metric.name, group)] = (
+                scored.values.get(metric.name) if own else None)
+    return scores
+
 
 def load_task_examples(config: AccuracyConfig) -> tuple[list[TaskExample], list[TaskExample]]:
     """(examples to evaluate, few-shot examples) per `config`."""
-    task = get_task(config.task)
+    task = task_for(config)
     examples, skipped = task.load_examples(config.data, skip_bad_rows=config.skip_bad_rows)
     for error in skipped:
         logger.warning("skipped bad row: %s", error)
@@ -111,7 +156,9 @@ def build_prompt(task: Task, example: TaskExample, style: PromptStyle,
 def sampling_for(task: Task, config: AccuracyConfig) -> SamplingParams:
     """Greedy decoding with the task's answer budget; structured prompts stop at a new question."""
     stop = (prompting.QUESTION_START,) if config.style == "structured" else ()
-    return SamplingParams(max_tokens=config.max_tokens or task.max_new_tokens, stop=stop)
+    grammar = task.output_grammar() if config.constrained else None
+    return SamplingParams(max_tokens=config.max_tokens or task.max_new_tokens, stop=stop,
+                          structured_outputs=grammar)
 
 
 def _score(task: Task, example: TaskExample, outcome: RequestOutcome) -> ExampleScore:
@@ -129,11 +176,13 @@ async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
     Once the data has loaded, and before any request, raises `ServerCheckError` (one line
     saying what to fix) if the server cannot be reached or does not serve the model.
     """
-    task = get_task(config.task)
+    task = task_for(config)
     examples, shots = load_task_examples(config)
     await asyncio.to_thread(check_server, client.config)
     params = sampling_for(task, config)
     prompts = [build_prompt(task, ex, config.style, shots) for ex in examples]
+    if config.constrained:  # a server that refuses the grammar fails the run here, not per row
+        await check_constraint_accepted(client, config.task, prompts[0], params)
     bar = tqdm(total=len(examples), desc=f"eval {config.task}", unit="ex", disable=not progress)
 
     async def one(index: int) -> ExampleResult:
@@ -144,8 +193,9 @@ async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
         bar.update(1)
         return ExampleResult(index=index, source=example.source, prompt=prompts[index],
                              prediction=outcome.text, gold=example.target, parsed=scored.parsed,
-                             scores=dict(scored.values), errors=dict(scored.errors),
-                             outcome=outcome, primary_metric=task.primary_metric)
+                             scores=group_scores(task, scored), errors=dict(scored.errors),
+                             outcome=outcome, primary_metric=task.primary_metric,
+                             groups=dict(scored.groups))
 
     start = time.perf_counter()
     try:
@@ -157,29 +207,35 @@ async def evaluate(config: AccuracyConfig, client: OpenAIClient, *,
 
 def summarise(config: AccuracyConfig, client_config: ClientConfig,
               results: list[ExampleResult], duration_s: float) -> dict[str, Any]:
-    """The results.json content: metric estimates over the scored examples, the unscored ones
-    (failed requests) by error kind, answer failures by kind, latency of the same requests."""
+    """The results.json content: metric estimates over the scored examples (and, for a metric
+    with groups, over each group's examples apart), the unscored ones (failed requests) by error
+    kind, answer failures by kind, latency of the same requests."""
     task = get_task(config.task)
     scored = [r for r in results if r.scored]
     unscored = count_failures(r.outcome for r in results)
-    metrics = {m.name: {**_estimate([r.scores[m.name] for r in scored], m.kind),
-                        "kind": m.kind, "description": m.description} for m in task.metrics}
+    metrics: dict[str, dict[str, Any]] = {}
     errors: dict[str, dict[str, int]] = {}
     for metric in task.metrics:
-        counts: dict[str, int] = {}
-        for result in scored:
-            kind = result.errors.get(metric.name)
-            if kind:
-                counts[kind] = counts.get(kind, 0) + 1
-        errors[metric.name] = dict(sorted(counts.items()))
+        slices = [(metric.name, scored, metric.description, None)]
+        slices += [(group_metric_name(metric.name, group),
+                    [r for r in scored if r.groups.get(metric.name) == group],
+                    f"{metric.name} on the examples of group {group!r} only", group)
+                   for group in metric.groups]
+        for name, members, description, group in slices:
+            metrics[name] = {**_estimate([r.scores[metric.name] for r in members], metric.kind),
+                             "kind": metric.kind, "description": description,
+                             **({"metric": metric.name, "group": group} if group else {})}
+            counts = Counter(r.errors[metric.name] for r in members if r.errors.get(metric.name))
+            errors[name] = dict(sorted(counts.items()))
     config_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    db_dir = None if config.resolved_db_dir is None else str(config.resolved_db_dir)
     client_dict = asdict(replace(client_config, api_key=None))
     client_dict.pop("api_key")
     return {
         "kind": "accuracy",
         "task": config.task,
         "model": client_config.model,
-        "config": {**config_dict, "endpoint": config.resolved_endpoint},
+        "config": {**config_dict, "endpoint": config.resolved_endpoint, "db_dir": db_dir},
         "client": client_dict,
         "n_examples": len(results),
         "n_scored": len(scored),

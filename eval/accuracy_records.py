@@ -5,7 +5,7 @@ Kept apart from both so the report reads plain records and never imports the sui
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eval.client import Prompt, RequestOutcome
@@ -17,6 +17,8 @@ class ExampleResult:
 
     `primary_metric` names the score that says whether the answer is right (``correct``).
     An example whose request failed is *unscored*: no score at all, left out of every metric.
+    `scores` also holds the group metrics (e.g. ``execution_match_real_db``: None outside the
+    group); `groups` maps a metric with groups to the example's group.
     """
 
     index: int
@@ -29,6 +31,7 @@ class ExampleResult:
     errors: dict[str, str]
     outcome: RequestOutcome
     primary_metric: str
+    groups: dict[str, str] = field(default_factory=dict)
 
     @property
     def scored(self) -> bool:
@@ -42,6 +45,6 @@ class ExampleResult:
         return {"index": self.index, "source": self.source, "prompt": self.prompt,
                 "prediction": self.prediction, "gold": self.gold, "parsed": self.parsed,
                 "scores": self.scores, "correct": self.scores.get(self.primary_metric),
-                "errors": self.errors,
+                "errors": self.errors, "groups": self.groups,
                 "unscored": None if self.scored else self.outcome.error_kind or "unknown",
                 "request": latency}

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from eval.compare import run_compare
+from eval.report_accuracy import fmt_value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     """Compare the runs and print the tests."""
     result = run_compare(args.runs, args.out)
     for run_info in result["runs"]:
-        values = ", ".join(f"{k} {v['value']:.3f}" for k, v in run_info["metrics"].items())
+        # fmt_value: a metric with nothing scored (e.g. an empty SQL group) has no value.
+        values = ", ".join(f"{k} {fmt_value(v['value'])}" for k, v in run_info["metrics"].items())
         print(f"{run_info['name']}: {values}")
     for metric, tests in result["mcnemar"].items():
         for test in tests:

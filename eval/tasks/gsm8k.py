@@ -13,6 +13,9 @@ from eval.tasks.task import Task
 _NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _STRICT = re.compile(r"####\s*(" + _NUMBER + r")")
 _ANY_NUMBER = re.compile(_NUMBER)
+# The answer shape for constrained decoding: worked text without '#', then the marker and the
+# number on the last line (commas and decimals as in _NUMBER, no '$': GSM8K's golds have none).
+ANSWER_REGEX = r"[^#]*#### -?[0-9]+(,[0-9]{3})*(\.[0-9]+)?"
 
 
 def _to_decimal(text: str) -> Decimal | None:
@@ -61,6 +64,10 @@ class Gsm8kTask(Task):
     def follows_format(self, prediction: str) -> bool:
         """The answer is shown as asked: a number after a ``####`` marker."""
         return strict_answer(prediction) is not None
+
+    def output_grammar(self) -> dict[str, str]:
+        """A worked answer ending in ``#### <number>`` (the number ends the output)."""
+        return {"regex": ANSWER_REGEX}
 
     def score(self, prediction: str, example: TaskExample) -> ExampleScore:
         """Score a worked answer against the gold ``#### <number>`` of `example`."""

@@ -1,14 +1,19 @@
-"""Execution match for text-to-SQL: run gold and predicted queries on synthetic SQLite databases.
+"""Execution match for text-to-SQL: run gold and predicted queries and compare their rows.
 
-The task data carries only the schema (CREATE TABLE statements), not the rows, so each
-example gets small in-memory databases filled with deterministic, seeded synthetic rows.
+On the row's real database when there is one (`real_execution_match`: Spider rows, whose
+databases `eval.tasks.sql_databases` finds and opens read-only), else on synthetic ones
+(`execution_match`). Most task data carries only the schema (CREATE TABLE statements), not
+the rows, so such an example gets small in-memory databases filled with deterministic, seeded
+synthetic rows.
 Values are drawn so that the gold query's WHERE clauses can match: every literal the gold
 query compares a column with (and its numeric neighbours, so ``>`` and ``>=`` differ) is in
 that column's value pool, and the first row of each table takes the first literal of every
 column. Integer columns draw from a small range so joins on keys find partners.
 
 Results are compared as multisets of rows (as lists when the gold query has a top-level
-ORDER BY). A prediction must match on every database to count.
+ORDER BY). A prediction must match on every database to count. Every connection refuses
+writes (an authorizer; the synthetic rows are inserted before it is installed) and every query
+runs under a time limit, so a predicted query can neither change a database nor hang.
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ import random
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
 
+from eval.tasks.sql_databases import open_read_only, refuse_writes
+
 ROWS_PER_TABLE = 20
 SEEDS: tuple[int, ...] = (0, 1, 2)
 QUERY_TIMEOUT_S = 2.0
+# Real databases hold up to a few MB (Spider's largest ~3.7 MB): more room than 20-row tables.
+REAL_QUERY_TIMEOUT_S = 5.0
 _HIT_PROBABILITY = 0.5  # chance a cell takes a value from its column's literal pool
 _NULL_PROBABILITY = 0.05  # a few NULLs so COUNT(col) and COUNT(*) differ
 _WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
@@ -147,7 +157,8 @@ def _random_value(affinity: str, pool: list[Value], rng: random.Random) -> Value
 
 def build_database(context: str, gold_sql: str, seed: int,
                    rows: int = ROWS_PER_TABLE) -> sqlite3.Connection:
-    """An in-memory database with the tables of `context` and seeded synthetic rows."""
+    """An in-memory database with the tables of `context` and seeded synthetic rows; once
+    filled, it refuses writes (`refuse_writes`)."""
     conn = sqlite3.connect(":memory:")
     try:
         conn.executescript(context)
@@ -189,16 +200,23 @@ def build_database(context: str, gold_sql: str, seed: int,
                     conn.execute(f'INSERT INTO "{table}" VALUES ({placeholders})', cells)
                 except sqlite3.IntegrityError:
                     continue
-    return conn
+    return refuse_writes(conn)
+
+
+_ERROR_KINDS = (
+    ("no such table", "no_such_table"), ("no such column", "no_such_column"),
+    ("no such function", "no_such_function"), ("syntax error", "syntax_error"),
+    ("incomplete input", "syntax_error"), ("unrecognized token", "syntax_error"),
+    ("interrupted", "timeout"), ("one statement at a time", "multiple_statements"),
+    ("ambiguous column", "ambiguous_column"),
+    # The authorizer ("not authorized") and the read-only file ("readonly database").
+    ("not authorized", "write_refused"), ("readonly database", "write_refused"),
+)
 
 
 def _error_kind(exc: sqlite3.Error) -> str:
     message = str(exc).lower()
-    for needle, kind in (("no such table", "no_such_table"), ("no such column", "no_such_column"),
-                         ("no such function", "no_such_function"), ("syntax error", "syntax_error"),
-                         ("incomplete input", "syntax_error"), ("unrecognized token", "syntax_error"), ("interrupted", "timeout"),
-                         ("one statement at a time", "multiple_statements"),
-                         ("ambiguous column", "ambiguous_column")):
+    for needle, kind in _ERROR_KINDS:
         if needle in message:
             return kind
     return "execution_error"
@@ -242,6 +260,22 @@ def results_equal(gold: list[tuple[Value, ...]], predicted: list[tuple[Value, ..
     return Counter(gold_c) == Counter(pred_c)
 
 
+def _compare(conn: sqlite3.Connection, predicted_sql: str, gold_sql: str, *, ordered: bool,
+             timeout_s: float) -> tuple[ExecutionOutcome | None, bool]:
+    """Run gold then prediction on `conn`: (a final outcome or None if they agree, gold empty)."""
+    try:
+        gold_rows = run_query(conn, gold_sql, timeout_s)
+    except SqlExecutionError:
+        return ExecutionOutcome(match=None, error="gold_execution_error"), False
+    try:
+        predicted_rows = run_query(conn, predicted_sql, timeout_s)
+    except SqlExecutionError as exc:
+        return ExecutionOutcome(match=False, error=exc.kind), not gold_rows
+    if not results_equal(gold_rows, predicted_rows, ordered=ordered):
+        return ExecutionOutcome(match=False), not gold_rows
+    return None, not gold_rows
+
+
 def execution_match(predicted_sql: str, gold_sql: str, context: str,
                     seeds: tuple[int, ...] = SEEDS) -> ExecutionOutcome:
     """Run gold and prediction on one synthetic database per seed; match only if all agree."""
@@ -253,17 +287,28 @@ def execution_match(predicted_sql: str, gold_sql: str, context: str,
         except SqlExecutionError as exc:
             return ExecutionOutcome(match=None, error=exc.kind)
         try:
-            try:
-                gold_rows = run_query(conn, gold_sql)
-            except SqlExecutionError:
-                return ExecutionOutcome(match=None, error="gold_execution_error")
-            all_empty = all_empty and not gold_rows
-            try:
-                predicted_rows = run_query(conn, predicted_sql)
-            except SqlExecutionError as exc:
-                return ExecutionOutcome(match=False, error=exc.kind)
+            outcome, empty = _compare(conn, predicted_sql, gold_sql, ordered=ordered,
+                                      timeout_s=QUERY_TIMEOUT_S)
         finally:
             conn.close()
-        if not results_equal(gold_rows, predicted_rows, ordered=ordered):
-            return ExecutionOutcome(match=False, error=None, gold_rows_empty=all_empty)
+        all_empty = all_empty and empty
+        if outcome is not None:
+            return outcome if outcome.match is None else replace(outcome, gold_rows_empty=all_empty)
     return ExecutionOutcome(match=True, gold_rows_empty=all_empty)
+
+
+def real_execution_match(predicted_sql: str, gold_sql: str, database: Path,
+                         timeout_s: float = REAL_QUERY_TIMEOUT_S) -> ExecutionOutcome:
+    """Run gold and prediction on the real database file `database` (read-only) and compare.
+
+    Raises `sqlite3.Error` only if the file cannot be opened as a database.
+    """
+    conn = open_read_only(database)
+    try:
+        outcome, empty = _compare(conn, predicted_sql, gold_sql,
+                                  ordered=has_top_level_order(gold_sql), timeout_s=timeout_s)
+    finally:
+        conn.close()
+    if outcome is None:
+        return ExecutionOutcome(match=True, gold_rows_empty=empty)
+    return outcome if outcome.match is None else replace(outcome, gold_rows_empty=empty)

@@ -117,11 +117,14 @@ class Task(ABC):
         """
         return self.parse(prediction) is not None
 
-    def output_grammar(self) -> str | None:
-        """A grammar the answer must follow, for constrained decoding; None if the task has none.
+    def output_grammar(self) -> dict[str, str] | None:
+        """The shape every answer must have, for constrained decoding: the request's
+        ``structured_outputs`` payload (vLLM's field), e.g. ``{"regex": "..."}`` or
+        ``{"grammar": "<Lark or EBNF>"}``; None if the task has none.
 
         None means "decode unconstrained": a task opts in by overriding this, so no task is
-        ever constrained by a grammar nobody wrote for it.
+        ever constrained by a grammar nobody wrote for it. Every gold target of the task's
+        data must match it (a test checks the shipped data).
         """
         return None
 

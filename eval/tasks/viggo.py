@@ -19,6 +19,15 @@ ATTRIBUTES: tuple[str, ...] = (
     "has_linux_release", "has_mac_release", "specifier",
 )
 
+# The MR shape for constrained decoding: a known function of known attributes, each with a
+# bracketed value (possibly empty, as in ``request_attribute(player_perspective[])``).
+_VALUE = r"[^\[\]\n]*"
+_ATTR_ALT = "(" + "|".join(ATTRIBUTES) + ")"
+MR_REGEX = (
+    "(" + "|".join(FUNCTION_TYPES) + r")\(" + _ATTR_ALT + r"\[" + _VALUE + r"\]"
+    + "(, " + _ATTR_ALT + r"\[" + _VALUE + r"\])*\)"
+)
+
 _FUNCTION_START = re.compile(r"\b(" + "|".join(sorted(FUNCTION_TYPES, key=len, reverse=True)) + r")\s*\(")
 _ATTRIBUTE = re.compile(r"([A-Za-z_]+)\s*\[([^\]]*)\]")
 
@@ -109,6 +118,11 @@ class ViggoTask(Task):
         """The first MR in `output`, rendered canonically; None when there is none."""
         mr = parse_mr(output)
         return mr.render() if mr else None
+
+    def output_grammar(self) -> dict[str, str]:
+        """One meaning representation and nothing else: ``fn(attr[value], ...)`` with a
+        known function type and known attributes."""
+        return {"regex": MR_REGEX}
 
     def score(self, prediction: str, example: TaskExample) -> ExampleScore:
         """Score a model output against the gold MR of `example`."""

@@ -33,6 +33,11 @@ class FakeBehaviour:
     fail_status: int | None = None
     # What GET /v1/models lists (the eval's pre-flight check looks for its --model there).
     models: tuple[str, ...] = ("m", "fake", "base", "tuned")
+    # Requests carrying `structured_outputs`: answered from `constrained_answers` (else as
+    # above), or refused with a 400 as a server without constrained decoding does.
+    constrained_answers: dict[str, str] = field(default_factory=dict)
+    refuse_structured: bool = False
+    bodies: list[dict] = field(default_factory=list)  # every generation request body
 
 
 def _prompt_key(body: dict) -> str:
@@ -47,11 +52,18 @@ def create_fake_app(behaviour: FakeBehaviour) -> FastAPI:
     async def handle(request: Request, chat: bool):
         behaviour.requests_seen += 1
         body = await request.json()
+        behaviour.bodies.append(body)
         key = _prompt_key(body)
         if "[[500]]" in key or behaviour.fail_status is not None:
             return JSONResponse({"error": {"message": "injected failure"}},
                                 status_code=behaviour.fail_status or 500)
+        constrained = body.get("structured_outputs") is not None
+        if constrained and behaviour.refuse_structured:
+            return JSONResponse({"error": {"message": "structured outputs are not supported",
+                                           "param": "structured_outputs"}}, status_code=400)
         answer = behaviour.answers.get(key, behaviour.default_answer)
+        if constrained:
+            answer = behaviour.constrained_answers.get(key, answer)
         words = answer.split(" ")
         if body.get("max_tokens"):
             words = words[: body["max_tokens"]]

@@ -19,7 +19,7 @@ def _run(module, argv):
 
 
 def test_accuracy_compare_and_latency_commands(tmp_path, capsys):
-    with run_fake_server(FakeBehaviour(default_answer="so #### 72")) as url:
+    with run_fake_server(FakeBehaviour(default_answer="so #### 10")) as url:
         common = ["--task", "gsm8k", "--data", GSM8K, "--base-url", url, "--model", "m",
                   "--limit", 4]
         assert _run(cli_accuracy, [*common, "--out", tmp_path / "a", "--concurrency", 2]) == 0
@@ -30,7 +30,7 @@ def test_accuracy_compare_and_latency_commands(tmp_path, capsys):
                                   "--slo-ttft-ms", 500, "--out", tmp_path / "lat"]) == 0
     assert _run(cli_compare, [tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp"]) == 0
     out = capsys.readouterr().out
-    assert "strict_match: 0.250" in out  # only the first GSM8K answer is 72
+    assert "strict_match: 0.250" in out  # only the first GSM8K answer is 10
     assert "c=2: TTFT p50" in out and "goodput" in out
     for run_dir in ("a", "b", "lat", "cmp"):
         assert (tmp_path / run_dir / "results.json").is_file()

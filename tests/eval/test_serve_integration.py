@@ -76,3 +76,27 @@ def test_latency_sweep_counts_exact_output_tokens(server, tmp_path):
         assert level["output_tokens"] == 4 * 8  # ignore_eos: exactly max_tokens each
         assert level["ttft_ms"]["p50"] > 0 and level["tpot_ms"]["n"] == 4
     assert (tmp_path / "latency.png").stat().st_size > 0
+
+
+def test_accuracy_constrained_keeps_the_task_grammar(server, tmp_path):
+    # The random model writes no SQL freely; under the SQL task's grammar (vLLM structured
+    # outputs) each answer is a single SELECT statement, complete or cut at the token budget.
+    import regex
+
+    from eval.tasks import get_task
+
+    _jaxtune("eval", "accuracy", "--task", "sql", "--data", REPO / "data/sql/valid.jsonl",
+             "--base-url", server, "--model", "tiny", "--limit", 3, "--concurrency", 3,
+             "--max-tokens", 16, "--out", tmp_path, "--constrained")
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["kind"] == "constrained_accuracy" and result["paired_examples"] == 3
+    assert "| execution_match |" in (tmp_path / "report.md").read_text()
+    shape = get_task("sql").output_grammar()["regex"]
+
+    def predictions(name: str) -> list[str]:
+        lines = (tmp_path / name / "examples.jsonl").read_text().splitlines()
+        return [json.loads(line)["prediction"] for line in lines]
+
+    bound, free = predictions("constrained"), predictions("unconstrained")
+    assert len(bound) == 3 and all(regex.fullmatch(shape, p, partial=True) for p in bound), bound
+    assert not any(regex.fullmatch(shape, p, partial=True) for p in free), free

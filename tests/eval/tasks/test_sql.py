@@ -23,6 +23,9 @@ def test_extract_sql_from_fences_prose_and_semicolons():
     assert sql.extract_sql("SELECT a FROM t WHERE b = 'x; y'") == "SELECT a FROM t WHERE b = 'x; y'"
     assert sql.extract_sql("SELECT a FROM t\n\nExplanation: ...") == "SELECT a FROM t"
     assert sql.extract_sql("I don't know") == ""
+    # Whitespace inside a literal is data (a Spider gold title has two spaces).
+    assert sql.extract_sql("SELECT a\n  FROM t WHERE b = 'x ,  y'") == \
+        "SELECT a FROM t WHERE b = 'x ,  y'"
 
 
 def test_exact_match_ignores_case_and_spacing_of_keywords_and_identifiers():
