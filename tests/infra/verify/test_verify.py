@@ -41,10 +41,22 @@ def test_flax_and_transformers_agree_on_an_export(tiny, tmp_path, capsys):
     assert (tmp_path / "verify.md").read_text() == out
 
 
-def test_a_corrupted_export_fails_and_names_the_pair(tiny, tmp_path, capsys):
+def _nudge_one_weight(weights: dict) -> None:
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] += 0.5  # one weight of one matrix
+
+
+def _swap_layers(weights: dict) -> None:
+    # A permuted layer order: every tensor of layer 0 exchanged with layer 1's.
+    for name in [n for n in weights if n.startswith("model.layers.0.")]:
+        other = name.replace("model.layers.0.", "model.layers.1.")
+        weights[name], weights[other] = weights[other].copy(), weights[name].copy()
+
+
+@pytest.mark.parametrize("corrupt", [_nudge_one_weight, _swap_layers])
+def test_a_corrupted_export_fails_and_names_the_pair(tiny, tmp_path, capsys, corrupt):
     export = shutil.copytree(tiny / "export", tmp_path / "export")
     weights = load_file(export / "model.safetensors")
-    weights["model.layers.0.mlp.down_proj.weight"][0, 0] += 0.5  # one weight of one matrix
+    corrupt(weights)
     save_file(weights, export / "model.safetensors", metadata={"format": "pt"})
     code = main(["verify", "--checkpoint", str(tiny / "checkpoint"), "--export", str(export),
                  "--no-server", "--json"])
