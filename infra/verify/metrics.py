@@ -63,13 +63,21 @@ def _failures(tol: Tolerance, max_dlogprob: float | None, mean_kl: float | None,
     return tuple(out)
 
 
+def _normalised_rows(logprobs: np.ndarray) -> np.ndarray:
+    rows = np.asarray(logprobs, np.float64)
+    top = rows.max(-1, keepdims=True)
+    return rows - (top + np.log(np.exp(rows - top).sum(-1, keepdims=True)))
+
+
 def compare_full(reference: str, other: str, ref_lp: Sequence[np.ndarray],
                  other_lp: Sequence[np.ndarray], token_ids: Sequence[Sequence[int]],
                  tol: Tolerance) -> PairResult:
     """Two runtimes that both give full (T, V) log-probability rows for every prompt."""
     dlp, kl, agree, decisive = [], [], 0, 0
     for ref, oth, ids in zip(ref_lp, other_lp, token_ids, strict=True):
-        ref, oth = np.asarray(ref, np.float64)[:-1], np.asarray(oth, np.float64)[:-1]  # (T-1, V)
+        # float32 log-softmax rows are normalised only to float32 precision: without
+        # renormalising in float64 the KL of two near-equal rows comes out slightly negative.
+        ref, oth = _normalised_rows(ref[:-1]), _normalised_rows(oth[:-1])  # (T-1, V)
         targets = np.asarray(ids[1:])
         rows = np.arange(len(targets))
         dlp.append(np.abs(ref[rows, targets] - oth[rows, targets]))

@@ -37,6 +37,7 @@ def test_flax_and_transformers_agree_on_an_export(tiny, tmp_path, capsys):
     row = _rows(tmp_path)["flax vs transformers"]
     assert row["passed"] and row["kl_scope"] == "full vocabulary"
     assert 0 < row["max_dlogprob"] <= 1e-3 and row["agreement"] == 1.0 and row["count"] > 50
+    assert 0 <= row["mean_kl"] <= 1e-6  # a KL, so never negative
     assert "| flax vs transformers | prompt logprobs |" in out and out.rstrip().endswith("PASS")
     assert (tmp_path / "verify.md").read_text() == out
 
