@@ -30,6 +30,8 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("eval", "compare"), "eval.cli_compare", "compare accuracy runs (McNemar, plots)"),
     (("launch", "tpu"), "infra.launch.tpu_cli", "run training on a Cloud TPU VM"),
     (("launch", "gke"), "infra.launch.gke_cli", "render a GKE JobSet for TPU or GPU"),
+    (("launch", "gke-serve"), "infra.launch.gke_serve_cli",
+     "render a GKE Deployment + Service serving a tuned model on GPUs"),
     (("sweep",), "infra.sweep.cli", "hyperparameter grid search"),
     (("demo",), "infra.demo.cli", "base model -> tuned, served, evaluated specialist"),
 )

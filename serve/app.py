@@ -19,7 +19,7 @@ from serve.errors import install_exception_handlers
 from serve.metrics import ServerMetrics
 from serve.openapi import install_openapi
 from serve.protocol import new_id
-from serve.routes import chat, completions, models, system, tokenize
+from serve.routes import chat, completions, lora, models, system, tokenize
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,12 @@ def create_app(settings: ServeSettings, engine_factory: EngineFactory | None = N
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     install_exception_handlers(app)
-    install_openapi(app, model_names=settings.model_names(),
+    # Adapters loaded at run time are servable too: then no fixed list of names is stated.
+    runtime_lora = settings.runtime_lora_base is not None
+    install_openapi(app, model_names=None if runtime_lora else settings.model_names(),
                     api_key=settings.api_key is not None)
     for router in (system.router, models.router, completions.router, chat.router,
-                   tokenize.router):
+                   tokenize.router, lora.router):
         app.include_router(router)
     # Added last = outermost: every request is counted, including those auth turns away.
     if settings.api_key is not None:

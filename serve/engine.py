@@ -55,6 +55,25 @@ class InvalidGenerationError(EngineError):
         super().__init__(message)
 
 
+class LoraAdapterError(EngineError):
+    """A LoRA adapter cannot be loaded or unloaded (a broken or unfitting adapter folder, a name
+    already taken, a base without LoRA support); `param` names the request field, `code` the
+    problem."""
+
+    def __init__(self, message: str, *, param: str, code: str):
+        self.param, self.code = param, code
+        super().__init__(message)
+
+
+class UnknownLoraError(LoraAdapterError):
+    """Unloading an adapter that is not loaded."""
+
+    def __init__(self, name: str, loaded: Sequence[str]):
+        listed = ", ".join(loaded) or "none"
+        super().__init__(f"The LoRA adapter '{name}' is not loaded. Loaded adapters: {listed}",
+                         param="lora_name", code="lora_not_found")
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """One servable model: a base model (`parent is None`) or a LoRA adapter on `parent`."""
@@ -195,6 +214,19 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Stop `request_id` and free its resources (no-op if it already finished)."""
+        ...
+
+    async def load_lora(self, name: str, path: str, *, base: str,
+                        replace: bool = False) -> ModelCard:
+        """Load the PEFT adapter folder `path` onto base model `base` and serve it as `name`;
+        with `replace`, an adapter already loaded as `name` gets the new weights in place.
+        Raises `LoraAdapterError` (naming the field) if the adapter does not fit the base or
+        the name is taken."""
+        ...
+
+    async def unload_lora(self, name: str) -> None:
+        """Stop serving adapter `name` (requests already running with it finish); raises
+        `UnknownLoraError` if no adapter of that name is loaded."""
         ...
 
     def load(self) -> EngineLoad:

@@ -21,6 +21,8 @@ from serve.engine import (
     EngineError,
     EngineUnavailableError,
     InvalidGenerationError,
+    LoraAdapterError,
+    UnknownLoraError,
     UnknownModelError,
 )
 from serve.protocol import ErrorInfo, ErrorResponse
@@ -90,6 +92,10 @@ def from_engine_error(exc: Exception) -> APIError | None:
         param = exc.param
         prefix = f"'{param}': " if param else ""
         return InvalidRequestError(f"{prefix}{exc}", param=param, code="invalid_value")
+    if isinstance(exc, UnknownLoraError):
+        return ModelNotFoundError(str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, LoraAdapterError):
+        return InvalidRequestError(f"'{exc.param}': {exc}", param=exc.param, code=exc.code)
     if isinstance(exc, EngineUnavailableError):
         return ServiceUnavailableError(str(exc), code="engine_unavailable")
     return None

@@ -10,15 +10,20 @@ Log-probabilities are made up but consistent: the token " w<k>" has id k and log
 structured output is "followed" as far as route tests need: a `choice` yields its first
 option; `reply` (settable) is the text of every generation when not None, e.g. the JSON a
 test wants the model to answer. Its `check` refuses a regex Python cannot compile and a
-grammar without a ``::=`` rule, standing in for vLLM's backend.
+grammar without a ``::=`` rule, standing in for vLLM's backend. LoRA adapters load when their
+`adapter_config.json` targets only modules of `LORA_MODULES` (standing in for vLLM's check that
+an adapter fits its base); a loaded adapter generates what its base does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from serve.engine import (
@@ -28,13 +33,18 @@ from serve.engine import (
     GenerationDelta,
     GenerationRequest,
     InvalidGenerationError,
+    LoraAdapterError,
     ModelCard,
     TokenLogprob,
     TopLogprob,
+    UnknownLoraError,
     find_model,
 )
 
 BOS_ID = 1
+# The modules of a Llama block: what a fake base model lets an adapter target.
+LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                          "down_proj"})
 
 
 class FakeEngine:
@@ -66,6 +76,7 @@ class FakeEngine:
         self.closed = False
         self.reply: str | None = None
         self.rendered_tools: list[Sequence[Mapping[str, Any]] | None] = []
+        self.lora_paths: dict[str, str] = {}  # adapters loaded at run time: name -> folder
         self._active: dict[str, asyncio.Event] = {}
 
     def models(self) -> Sequence[ModelCard]:
@@ -169,6 +180,31 @@ class FakeEngine:
         event = self._active.get(request_id)
         if event is not None:
             event.set()
+
+    async def load_lora(self, name: str, path: str, *, base: str,
+                        replace: bool = False) -> ModelCard:
+        existing = next((m for m in self._models if m.name == name), None)
+        if existing is not None and (existing.parent is None or not replace):
+            what = "a served base model" if existing.parent is None else "already loaded"
+            raise LoraAdapterError(f"'{name}' is {what}", param="lora_name",
+                                   code="lora_name_taken")
+        card = find_model(self, base)
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        unknown = sorted(set(config.get("target_modules") or ()) - LORA_MODULES)
+        if unknown:
+            raise LoraAdapterError(f"the base model has no module {', '.join(unknown)}",
+                                   param="lora_path", code="invalid_lora_adapter")
+        lora = ModelCard(name, card.max_model_len, card.vocab_size, parent=base,
+                         created=int(time.time()))
+        self._models = (*(m for m in self._models if m.name != name), lora)
+        self.lora_paths[name] = path
+        return lora
+
+    async def unload_lora(self, name: str) -> None:
+        if not any(m.name == name and m.parent is not None for m in self._models):
+            raise UnknownLoraError(name, [m.name for m in self._models if m.parent])
+        self._models = tuple(m for m in self._models if m.name != name)
+        self.lora_paths.pop(name, None)
 
     def load(self) -> EngineLoad:
         return EngineLoad(running=len(self._active), waiting=0)

@@ -128,11 +128,14 @@ class GenerationRun:
                 self.summary.first_token_s = now - self._arrival
                 self._metrics.ttft.labels(self.model).observe(self.summary.first_token_s)
             last = self._last_token_at.get(rid)
-            if last is not None:
-                gap = (now - last) / k
-                hist = self._metrics.inter_token.labels(self.model)
-                for _ in range(k):
-                    hist.observe(gap)
+            hist = self._metrics.inter_token.labels(self.model)
+            # One observation per token after a request's first, so the count always equals
+            # generation tokens minus requests. Tokens that came in one delta (a loaded engine,
+            # or text held back mid-character) share the gap since the previous delta; those
+            # arriving with the first token came at no interval after it.
+            gap = (now - last) / k if last is not None else 0.0
+            for _ in range(k if last is not None else k - 1):
+                hist.observe(gap)
             self._last_token_at[rid] = now
             self.summary.completion_tokens += k
         if delta.finish_reason is not None:

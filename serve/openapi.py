@@ -57,16 +57,18 @@ GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def install_openapi(app: FastAPI, *, model_names: Sequence[str], api_key: bool) -> None:
+def install_openapi(app: FastAPI, *, model_names: Sequence[str] | None, api_key: bool) -> None:
     """Serve a corrected schema at /openapi.json (built once, on first request): the served
-    `model_names` as the values `model` takes, and the bearer key when `api_key`."""
+    `model_names` as the values `model` takes (None: any name, as when LoRA adapters can be
+    loaded at run time), and the bearer key when `api_key`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes,
                                description=app.description)
             _drop_validation_422(spec)
-            _list_served_models(spec, model_names)
+            if model_names is not None:
+                _list_served_models(spec, model_names)
             if api_key:
                 _declare_bearer_auth(spec)
             app.openapi_schema = spec

@@ -24,6 +24,7 @@ from pydantic import (
 
 from serve.engine import FinishReason
 from serve.request_fields import Scope, refused_schema, screen_fields, unsupported_field
+from serve.settings import MODEL_NAME_PATTERN
 
 
 def new_id(prefix: str) -> str:
@@ -292,6 +293,22 @@ class DetokenizeRequest(_Request):
 
     model: str
     tokens: TokenIds
+
+
+class LoadLoraAdapterRequest(_Request):
+    """POST /v1/load_lora_adapter (vLLM's body): serve the PEFT adapter folder `lora_path` (on
+    the server's disk) as model `lora_name`; `load_inplace` replaces the weights of an adapter
+    already loaded under that name."""
+
+    lora_name: str = Field(min_length=1, max_length=256, pattern=MODEL_NAME_PATTERN)
+    lora_path: str = Field(min_length=1, max_length=4096)
+    load_inplace: bool = False
+
+
+class UnloadLoraAdapterRequest(_Request):
+    """POST /v1/unload_lora_adapter (vLLM's body): stop serving adapter `lora_name`."""
+
+    lora_name: str = Field(min_length=1, max_length=256)
 
 
 # ---- responses -------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ API_KEY_ENV = "JAXTUNE_API_KEY"
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+# The names a model or adapter may be served under (also what /v1/load_lora_adapter accepts).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
 
 class ServeConfigError(ValueError):
@@ -74,9 +76,15 @@ class ServeSettings:
             "help": "vLLM gpu_memory_utilization: the share of GPU memory (on CPU: of all RAM) "
                     "vLLM may take; on CPU, giving it makes vLLM size the KV cache from it",
             "default_text": "vLLM's 0.9 on GPU; unused on CPU"})
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "GPUs each model is split over (vLLM tensor parallelism)"})
     enforce_eager: bool = field(
         default=False,
         metadata={"help": "skip torch.compile / CUDA graphs (faster start, slower decode)"})
+    enable_lora: bool = field(
+        default=False, metadata={"help": "let clients load LoRA adapters at run time "
+                                         "(POST /v1/load_lora_adapter) on --model, also when "
+                                         "no --lora is given; implied by --lora"})
     max_lora_rank: int = field(default=16, metadata={"help": "largest LoRA rank accepted"})
     max_loras: int = field(
         default=4, metadata={"help": "LoRA adapters a base model's engine batches at once"})
@@ -113,6 +121,9 @@ class ServeSettings:
             raise ServeConfigError(f"max_n must be >= 1, got {self.max_n}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ServeConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1:
+            raise ServeConfigError(
+                f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ServeConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
@@ -127,6 +138,15 @@ class ServeSettings:
     def model_names(self) -> list[str]:
         """Every name a request's `model` may take: full models, then adapters."""
         return [m.name for m in self.models] + [lora.name for lora in self.loras]
+
+    @property
+    def runtime_lora_base(self) -> str | None:
+        """The base that adapters loaded at run time attach to (the primary model, as in vLLM),
+        or None when its engine is started without LoRA support (no --enable-lora, no
+        --lora)."""
+        primary = self.primary.name
+        with_lora = self.enable_lora or any(lora.base == primary for lora in self.loras)
+        return primary if with_lora else None
 
     @property
     def primary(self) -> ModelSource:

@@ -8,9 +8,11 @@ built, so the HTTP layer and its tests never need it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +27,12 @@ from serve.engine import (
     GenerationDelta,
     GenerationRequest,
     InvalidGenerationError,
+    LoraAdapterError,
     ModelCard,
     TokenLogprob,
+    UnknownLoraError,
     UnknownModelError,
+    find_model,
 )
 from serve.grammar_reach import FirstTokenProbe
 from serve.kv_cache import (
@@ -54,6 +59,7 @@ class _Served:
     tokenizer: Any
     scheduler: _SchedulerStatsProbe
     probe: FirstTokenProbe | None = None  # built on the first constrained request
+    lora: bool = False  # started with LoRA support (adapters can be loaded onto it)
 
 
 @dataclass
@@ -107,6 +113,7 @@ def engine_args_for(source: ModelSource, settings: ServeSettings, kv: KvCachePla
         "disable_log_stats": True,  # our probe logger still receives scheduler stats
         "enable_log_requests": False,
         "max_num_seqs": settings.max_num_seqs,
+        "tensor_parallel_size": settings.tensor_parallel_size,
     }
     if kv.memory_fraction is not None:
         kwargs["gpu_memory_utilization"] = kv.memory_fraction
@@ -138,11 +145,12 @@ async def _start_base(source: ModelSource, adapters: Sequence[LoraSource],
     probe = _SchedulerStatsProbe()
     started = time.monotonic()
     logger.info("starting vLLM engine for %s (%s)", source.name, source.path)
+    enable_lora = bool(adapters) or settings.runtime_lora_base == source.name
     engine = AsyncLLM.from_engine_args(
-        engine_args_for(source, settings, kv, enable_lora=bool(adapters)),
+        engine_args_for(source, settings, kv, enable_lora=enable_lora),
         stat_loggers=[_probe_factory(probe)])
     try:
-        served = _Served(engine, engine.get_tokenizer(), probe)
+        served = _Served(engine, engine.get_tokenizer(), probe, lora=enable_lora)
         config = engine.model_config
         created = int(time.time())
         card = ModelCard(source.name, max_model_len=config.max_model_len,
@@ -169,11 +177,12 @@ class VllmEngine:
     """`Engine` backed by one vLLM `AsyncLLM` per base model."""
 
     def __init__(self, cards: Sequence[ModelCard], routes: Mapping[str, _Route],
-                 bases: Sequence[_Served]):
+                 bases: Sequence[_Served], lora_ids: Iterator[int] | None = None):
         self._cards = tuple(cards)
         self._routes = dict(routes)
         self._bases = tuple(bases)
         self._closed = False
+        self._adapters = _RuntimeAdapters(lora_ids or itertools.count(1))
 
     @classmethod
     async def start(cls, settings: ServeSettings) -> VllmEngine:
@@ -206,7 +215,7 @@ class VllmEngine:
             bases.append(served)
             cards += base_cards
             routes.update(base_routes)
-        return cls(cards, routes, bases)
+        return cls(cards, routes, bases, lora_ids)
 
     def models(self) -> Sequence[ModelCard]:
         return self._cards
@@ -301,6 +310,7 @@ class VllmEngine:
         (prompt,) = engine.renderer.render_cmpl([{"prompt_token_ids": prompt_ids}])
         stream = engine.generate(prompt, params, request.request_id,
                                  lora_request=route.lora_request)
+        self._adapters.started(route.lora_request)
         # Prompt logprobs may come in pieces (chunked prefill): sent once, when complete.
         prompt_positions: list[Any] = []
         prompt_sent = s.prompt_logprobs is None
@@ -336,7 +346,55 @@ class VllmEngine:
             raise EngineUnavailableError("the vLLM engine has died; restart the server") from exc
         finally:
             # Closing vLLM's generator early (client gone) aborts the request inside vLLM.
-            await stream.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                await self._adapters.finished(route.lora_request, route.served)
+
+    async def load_lora(self, name: str, path: str, *, base: str,
+                        replace: bool = False) -> ModelCard:
+        """Load the adapter with vLLM's `add_lora` (which checks it against the base model's
+        modules and --max-lora-rank); only then is `name` routed to it."""
+        if self._closed:
+            raise EngineUnavailableError("the engine is shutting down")
+        async with self._adapters.lock:
+            existing = self._routes.get(name)
+            if existing is not None and existing.lora_request is None:
+                raise LoraAdapterError(f"'{name}' is the name of a served base model; choose "
+                                       "another name for the adapter", param="lora_name",
+                                       code="lora_name_taken")
+            if existing is not None and not replace:
+                raise LoraAdapterError(
+                    f"The LoRA adapter '{name}' is already loaded; unload it first, or set "
+                    "'load_inplace': true to replace its weights", param="lora_name",
+                    code="lora_name_taken")
+            served = self._route(base).served
+            if not served.lora:
+                raise LoraAdapterError(f"the engine of '{base}' was started without LoRA "
+                                       "support (start it with --enable-lora)",
+                                       param="lora_name", code="lora_not_enabled")
+            request = self._adapters.request(name, path, existing and existing.lora_request)
+            await self._adapters.add(served, request)
+            card = find_model(self, base)
+            lora_card = ModelCard(name, max_model_len=card.max_model_len,
+                                  vocab_size=card.vocab_size, parent=base,
+                                  created=int(time.time()))
+            self._routes[name] = _Route(served, request)
+            self._cards = (*(c for c in self._cards if c.name != name), lora_card)
+            logger.info("loaded LoRA adapter %s from %s onto %s", name, path, base)
+            return lora_card
+
+    async def unload_lora(self, name: str) -> None:
+        """Forget `name` at once (new requests naming it get 404); vLLM's copy is removed when
+        the last request still running with it ends."""
+        async with self._adapters.lock:
+            route = self._routes.get(name)
+            if route is None or route.lora_request is None:
+                raise UnknownLoraError(name, [c.name for c in self._cards if c.parent])
+            del self._routes[name]
+            self._cards = tuple(c for c in self._cards if c.name != name)
+            await self._adapters.remove(route.served, route.lora_request)
+            logger.info("unloaded LoRA adapter %s", name)
 
     async def abort(self, request_id: str) -> None:
         for served in self._bases:
@@ -373,3 +431,79 @@ def _finish_reason(reason: str | None) -> FinishReason | None:
 
 def _lora_request(cls: Any, adapter: LoraSource, lora_id: int) -> Any:
     return cls(lora_name=adapter.name, lora_int_id=lora_id, lora_path=str(adapter.path))
+
+
+class _RuntimeAdapters:
+    """The bookkeeping of adapters loaded and unloaded at run time: their vLLM ids, a lock
+    so that loads and unloads happen one at a time, and the requests running with each adapter
+    (an unloaded adapter leaves vLLM only when the last of them ends, so that vLLM does not
+    read it from disk again mid-generation)."""
+
+    def __init__(self, ids: Iterator[int]):
+        self.lock = asyncio.Lock()
+        self._ids = ids
+        self._running: collections.Counter[int] = collections.Counter()
+        self._unloaded: set[int] = set()
+
+    def request(self, name: str, path: str, previous: Any | None) -> Any:
+        """The `LoRARequest` for `name`; replacing `previous` keeps its id (vLLM's in-place
+        reload)."""
+        from vllm.lora.request import LoRARequest
+
+        if previous is not None:
+            return LoRARequest(lora_name=name, lora_int_id=previous.lora_int_id,
+                               lora_path=path, load_inplace=True)
+        return LoRARequest(lora_name=name, lora_int_id=next(self._ids), lora_path=path)
+
+    async def add(self, served: _Served, request: Any) -> None:
+        """vLLM's `add_lora`; its refusal (the adapter does not fit) becomes a 400."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            await served.engine.add_lora(request)
+        except EngineDeadError as exc:
+            raise EngineUnavailableError("the vLLM engine has died; restart the server") from exc
+        except Exception as exc:  # vLLM returns the worker's error as a plain Exception
+            if not request.load_inplace:
+                # A shape mismatch fails after vLLM registered the adapter: drop that husk.
+                await self._remove_now(served, request.lora_int_id)
+            raise LoraAdapterError(f"vLLM cannot load the adapter at '{request.lora_path}': "
+                                   f"{_worker_error(exc)}", param="lora_path",
+                                   code="invalid_lora_adapter") from exc
+        self._unloaded.discard(request.lora_int_id)
+
+    def started(self, request: Any | None) -> None:
+        if request is not None:
+            self._running[request.lora_int_id] += 1
+
+    async def finished(self, request: Any | None, served: _Served) -> None:
+        if request is None:
+            return
+        lora_id = request.lora_int_id
+        self._running[lora_id] -= 1
+        if self._running[lora_id] <= 0:
+            del self._running[lora_id]
+            if lora_id in self._unloaded:
+                await self._remove_now(served, lora_id)
+
+    async def remove(self, served: _Served, request: Any) -> None:
+        self._unloaded.add(request.lora_int_id)
+        if not self._running[request.lora_int_id]:
+            del self._running[request.lora_int_id]
+            await self._remove_now(served, request.lora_int_id)
+
+    async def _remove_now(self, served: _Served, lora_id: int) -> None:
+        self._unloaded.discard(lora_id)
+        try:
+            await served.engine.remove_lora(lora_id)
+        except Exception as exc:  # the name is gone already; vLLM's LRU cache evicts it later
+            logger.warning("vLLM could not remove LoRA adapter %d: %s", lora_id, exc,
+                           exc_info=True)
+
+
+def _worker_error(exc: Exception) -> str:
+    """The worker's own words inside vLLM's "Call to add_lora method failed: Worker failed with
+    error '...', please check the stack trace above for the root cause"."""
+    text = str(exc)
+    found = re.search(r"failed with error '(.*)', please check", text, re.DOTALL)
+    return found.group(1) if found else text.removeprefix("Call to add_lora method failed: ")

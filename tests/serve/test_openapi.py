@@ -42,6 +42,8 @@ def test_every_status_a_route_answers_is_declared():
         ("post", "/v1/chat/completions"): GENERATION,
         ("post", "/tokenize"): {"200", "400", "404", "500", "503"},
         ("post", "/detokenize"): {"200", "400", "404", "500", "503"},
+        ("post", "/v1/load_lora_adapter"): {"200", "400", "500", "503"},
+        ("post", "/v1/unload_lora_adapter"): {"200", "400", "404", "500", "503"},
     }
 
 
