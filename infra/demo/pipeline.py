@@ -167,9 +167,19 @@ class DemoPipeline:
         return {"run_dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.jsonl")}
 
     def _export(self) -> dict:
-        run_logged(jaxtune_command("export", "--checkpoint", str(self.run_dir / "checkpoints"),
+        ckpt_dir = self.run_dir / "checkpoints"
+        cfg = self.train_config()
+        chosen: dict = {}
+        if cfg.eval.every and cfg.checkpoint.keep_best:
+            # The step the run ranked best (the task configs rank by the task's own metric).
+            from train_jax.checkpoint.best import best_step
+
+            best = best_step(ckpt_dir)
+            chosen = {"step": best.step, "chosen_by": best.describe()}
+        step = ["--step", str(chosen["step"])] if chosen else []
+        run_logged(jaxtune_command("export", "--checkpoint", str(ckpt_dir), *step,
                                    "--out", str(self.tuned_dir)), self.logs / "export.log")
-        return {"tuned_model": str(self.tuned_dir)}
+        return {"tuned_model": str(self.tuned_dir), **chosen}
 
     def _verify(self) -> dict:
         # The task's own prompts; a failing pair stops the demo before the export is served.
@@ -210,6 +220,7 @@ class DemoPipeline:
             run_dir=self.run_dir, logs=self.logs, tuned_style=self.tuned_style(),
             baseline_shots=self.s.baseline_shots, budget_minutes=self.s.budget_minutes,
             stage_seconds=self.stage_seconds(), verify_dir=self.verify_dir,
+            exported_step=(self.runner.record("export") or {}).get("chosen_by"),
             eval_dirs={name: self.eval_dir(name) for name in ("base", "tuned", "compare", "latency")}))
         return {"report": str(report), "compare_dir": str(compare_out)}
 

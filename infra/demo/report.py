@@ -28,6 +28,7 @@ class DemoRecord:
     stage_seconds: dict[str, float | None]
     eval_dirs: dict[str, Path]  # base, tuned, compare, latency -> where that eval wrote
     verify_dir: Path | None = None  # where `jaxtune verify` wrote verify.md
+    exported_step: str | None = None  # which checkpoint step was exported, and why
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -119,6 +120,7 @@ def write_report(demo: DemoRecord) -> Path:
                    f"[{demo.eval_dirs['compare'] / 'report.md'}]({demo.eval_dirs['compare'] / 'report.md'})."), ""]
     lines += _verify_section(demo.verify_dir)
     lines += ["## Training", "", *_training_summary(demo.run_dir / "metrics.jsonl"),
+              *([f"- exported: {demo.exported_step}"] if demo.exported_step else []),
               (f"- training wall time: {_fmt(seconds.get('train'), 0)} s "
                f"(budget {demo.budget_minutes:g} min)"), "",
               "## Stages", "", "| stage | seconds |", "|---|---|",

@@ -22,6 +22,15 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def _step_arg(text: str) -> int | str | None:
+    if text in ("best", "latest"):
+        return None if text == "latest" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number, 'latest' or 'best', got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `jaxtune export`."""
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT_DIR",
@@ -29,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, metavar="HF_DIR", help="HF folder to write (LoRA merged)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_ALIASES), default=None,
                         help="weight dtype (default: the base model's; fp16 only when asked)")
-    parser.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
+    parser.add_argument("--step", type=_step_arg, default=None,
+                        help="step to export: a number, 'latest' (default) or 'best' (the step "
+                             "the run ranked best by its checkpoint.best_metric)")
     parser.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES,
                         help="shard safetensors above this size (default 2GiB)")
     parser.add_argument("--peft-adapter", type=Path, default=None, metavar="DIR",
@@ -44,7 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from train_jax.provenance import build_provenance, write_provenance
 
     start = time.perf_counter()
-    step = resolve_step(args.checkpoint, args.step)
+    if args.step == "best":
+        from train_jax.checkpoint.best import best_step
+
+        best = best_step(args.checkpoint)
+        print(f"exporting {best.describe()}")
+        step = best.step
+    else:
+        step = resolve_step(args.checkpoint, args.step)
     export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, step=step,
                       max_shard_bytes=args.max_shard_size, peft_adapter_dir=args.peft_adapter)
     if args.out is not None:

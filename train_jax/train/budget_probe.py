@@ -166,4 +166,10 @@ class BudgetProbe:
         plan = budget_plan(self.cfg.optimizer, total, step)
         self.planned.plan = plan
         logger.info("%s; %s", plan.describe(self.cfg.optimizer), costs.describe(remaining))
+        warmup = self.cfg.optimizer.warmup_steps
+        if total <= warmup:
+            logger.warning(
+                "the time budget fits %d steps, not more than the %d warm-up steps: the run "
+                "ends before reaching its peak learning rate; raise train.time_budget_minutes "
+                "or lower optimizer.warmup_steps", total, warmup)
         return plan, values, saved

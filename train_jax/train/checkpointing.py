@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from train_jax.checkpoint import checkpoint_manager
+from train_jax.checkpoint.best import step_metadata
 from train_jax.config.run_config import CheckpointConfig
 from train_jax.train.partition import merge_pure, select_pure
 from train_jax.train.step import TrainState, place
@@ -54,6 +55,9 @@ class TrainCheckpointer:
         """Start saving the state at its current step (async: returns after the device copy)."""
         step = int(state["step"])
         usable = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        # Recorded on disk too: orbax keeps BestN's metrics in memory only, and `jaxtune
+        # export --step best` runs in another process.
+        recorded = step_metadata(usable, self.cfg.best_metric, self.cfg.best_mode)
         if self.cfg.keep_best and self.cfg.best_metric not in usable:
             usable = {}  # a step without the ranking metric is kept only as one of the last
         args = ocp.args.Composite(
@@ -61,7 +65,8 @@ class TrainCheckpointer:
             opt_state=ocp.args.StandardSave(state["opt_state"]),
             data_state=ocp.args.JsonSave(data_state),
             run_config=ocp.args.JsonSave(run_config))
-        self.manager.save(step, args=args, metrics=usable or None, force=True)
+        self.manager.save(step, args=args, metrics=usable or None, force=True,
+                          custom_metadata=recorded)
         logger.info("checkpoint: saving step %d", step)
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:

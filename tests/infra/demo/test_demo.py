@@ -80,3 +80,11 @@ def test_demo_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) -> None:
     assert provenance["eval"]["tuned"]["metrics"]["exact_match"]["value"] == tuned["metrics"]["exact_match"]["value"]
     metrics = [json.loads(line) for line in (out / "train_run/metrics.jsonl").read_text().splitlines()]
     assert metrics and metrics[-1]["step"] == 12
+    # The export is the step the run ranked best (tiny.yaml: lowest val_loss), and the report
+    # says which; the verify table sits in the report.
+    export = _stage_record(out, "export")["outputs"]
+    ranked = {row["step"]: row["val_loss"] for row in metrics if "val_loss" in row}
+    assert export["step"] == min(ranked, key=lambda step: (ranked[step], -step))
+    assert provenance["step"] == export["step"]
+    assert f"- exported: step {export['step']}: lowest val_loss" in text
+    assert "## Verify (test before deploy)" in text and "| flax vs transformers |" in text

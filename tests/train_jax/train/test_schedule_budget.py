@@ -152,3 +152,25 @@ def test_the_plan_rides_in_the_data_state_once_fixed():
     assert restored.unlogged_metrics() == {}  # the resumed run's metrics already hold it
     with pytest.raises(ValueError, match="data_state.lr_schedule is malformed"):
         restored.set_state({**saved, PLAN_KEY: {"total_steps": "many"}})
+
+
+@pytest.mark.parametrize(("deadline", "warns"), [(100.0, True), (10_000.0, False)])
+def test_a_budget_too_small_for_the_warmup_says_so(caplog, monkeypatch, deadline, warns):
+    from train_jax.train import budget_probe
+
+    monkeypatch.setattr(budget_probe.jax, "block_until_ready", lambda outputs: outputs)
+    cfg = run_config_from_dict({
+        "model": {"architecture": {"model_type": "llama"}, "tokenizer": "tok"},
+        "data": {"sources": [{"dataset": {"task": "viggo", "train_file": "x.csv"}}]},
+        "optimizer": {"schedule": "wsd", "warmup_steps": 20},
+        "eval": {"every": 0}, "checkpoint": {"every": 1000},
+        "train": {"steps": 400, "time_budget_minutes": 25, "budget_probe_steps": 2}})
+    planned = PlannedState(_Feed(), SchedulePlan(400, 400, "probe"))
+    # Start, three 10 s steps (the first compiles), then the time left is read once.
+    probe = budget_probe.BudgetProbe(cfg, planned, FakeClock([0.0, 10.0, 20.0, 30.0, 30.0]),
+                                     deadline)
+    assert [probe.timed(None) for _ in range(3)] == [False, False, True]
+    with caplog.at_level(logging.WARNING):
+        plan, _, _ = probe.fix(3, dict, lambda values: None)
+    assert (plan.total_steps <= 20) == warns
+    assert ("not more than the 20 warm-up steps" in caplog.text) == warns
