@@ -4,7 +4,6 @@ the adapter served on the base, every pair within the float32 tolerances."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -31,7 +31,7 @@ def _save_run(ckpt_dir, history, cfg):
     saver = TrainCheckpointer(ckpt_dir, cfg)
     base = _params()
     for step, metrics in history:
-        state = {"step": jnp.int32(step), "trainable": jax.tree.map(lambda x: x * step, base),
+        state = {"step": jnp.int32(step), "trainable": jax.tree.map(lambda x, s=step: x * s, base),
                  "frozen": {}, "opt_state": {"count": jnp.int32(step)}}
         saver.save(state, {"position": step}, {"run": "test"}, metrics)
     saver.close()
