@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from infra.launch.fit_check import as_comments, check_fits
 from infra.launch.gke_manifest import GkeJobSpec, GpuNodes, render_manifests, to_yaml
+from infra.launch.kubectl import kubectl_apply
 from infra.launch.tpu_types import parse_tpu_type
 from train_jax.config.run_config import load_raw_run_config
 
@@ -108,13 +107,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("the run fits:\n%s", fit)
     if args.dry_run:
         return 0
-    argv = ["kubectl", "apply", "-f", "-"]
-    if spec.namespace:
-        argv += ["--namespace", spec.namespace]
-    logger.info("%s (JobSet %s, %d pod(s))", shlex.join(argv), spec.name, spec.hosts)
-    result = subprocess.run(argv, input=text, text=True, check=False)
-    if result.returncode != 0:
-        raise GkeLaunchError(f"kubectl apply failed (exit {result.returncode})")
+    kubectl_apply(text, spec.namespace, f"JobSet {spec.name}, {spec.hosts} pod(s)")
     logger.info("follow the logs: kubectl logs -f -l jobset.sigs.k8s.io/jobset-name=%s "
                 "--max-log-requests=%d", spec.name, max(spec.hosts, 5))
     return 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from infra.launch.gke_serve_manifest import (
     render_manifests,
     to_yaml,
 )
+from infra.launch.kubectl import kubectl_apply
 from serve.settings import ModelSource, ServeConfigError
 from serve.settings_flags import flag_values
 
@@ -233,13 +232,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             sys.stdout.write(text)
         return 0
-    argv = ["kubectl", "apply", "-f", "-"]
-    if spec.namespace:
-        argv += ["--namespace", spec.namespace]
-    logger.info("%s (Deployment and Service %s)", shlex.join(argv), spec.name)
-    result = subprocess.run(argv, input=text, text=True, check=False)
-    if result.returncode != 0:
-        raise GkeServeLaunchError(f"kubectl apply failed (exit {result.returncode})")
+    kubectl_apply(text, spec.namespace, f"Deployment and Service {spec.name}")
     logger.info("wait for it: kubectl rollout status deployment/%s; then, e.g., kubectl "
                 "port-forward service/%s %d:%d", spec.name, spec.name, SERVE_PORT, SERVE_PORT)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -17,6 +16,7 @@ import serve.cli as serve_cli
 from infra.cli import main
 from infra.launch.gke_serve_manifest import ServeDeploymentSpec, render_manifests
 from tests.infra.k8s_schema import ManifestInvalid, validate_manifest
+from tests.infra.launch.test_launch_docs import doc_commands
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE = "us-docker.pkg.dev/my-project/jaxtune/jaxtune-serve:0.1.0"
@@ -214,14 +214,7 @@ def test_out_file_and_apply_through_kubectl(tmp_path, monkeypatch):
 
 def _doc_commands() -> list[str]:
     """`jaxtune launch gke-serve` commands of docs/LAUNCH.md's "Serving on GKE" section."""
-    text = (REPO / "docs" / "LAUNCH.md").read_text(encoding="utf-8")
-    section = text.split("## Serving on GKE", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", section, flags=re.DOTALL):
-        joined = block.replace("\\\n", " ")
-        commands += [line.strip() for line in joined.splitlines()
-                     if line.strip().startswith("jaxtune launch gke-serve")]
-    return commands
+    return doc_commands("jaxtune launch gke-serve", fences="sh|bash", section="Serving on GKE")
 
 
 def test_doc_commands_dry_run(capsys, monkeypatch):

@@ -14,14 +14,22 @@ from infra.cli import main
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _launch_commands() -> list[str]:
+def doc_commands(prefix: str, *, fences: str = "bash", section: str | None = None) -> list[str]:
+    """The commands starting with `prefix` in docs/LAUNCH.md's code blocks fenced as `fences`
+    (a regex alternation), in its `## section` only when given; continuation lines joined."""
     text = (REPO / "docs" / "LAUNCH.md").read_text(encoding="utf-8")
+    if section is not None:
+        text = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+    for block in re.findall(rf"```(?:{fences})\n(.*?)```", text, flags=re.DOTALL):
         joined = block.replace("\\\n", " ")
         commands += [line.strip() for line in joined.splitlines()
-                     if line.strip().startswith("jaxtune launch")]
+                     if line.strip().startswith(prefix)]
     return commands
+
+
+def _launch_commands() -> list[str]:
+    return doc_commands("jaxtune launch")
 
 
 def test_the_doc_has_launch_commands():

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from infra.cli import main
 from infra.verify.metrics import compare_full, compare_greedy, compare_server
 from infra.verify.tolerances import TOLERANCES
-from tests.fixtures.tiny_model import build_exported_tiny_model, build_tiny_hf_model
+from tests.fixtures.tiny_model import build_exported_tiny_model, build_tiny_lora_checkpoint
 
 TOL = TOLERANCES["float32"]["server"]
 
@@ -69,21 +69,7 @@ def test_a_corrupted_export_fails_and_names_the_pair(tiny, tmp_path, capsys, cor
 
 
 def test_a_lora_checkpoint_is_scored_with_its_adapters(tmp_path, capsys):
-    from train_jax import checkpoint as ckpt
-    from train_jax.convert import names
-    from train_jax.convert.hf_import import from_hf
-    from train_jax.model.config import LoraSpec
-
-    src = build_tiny_hf_model(tmp_path / "src")
-    lora = LoraSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
-    cfg, params = from_hf(src, lora=lora)
-    flat, rng = names.flatten(params), np.random.default_rng(0)
-    # Imported params carry no adapters: give every target kernel a non-zero pair.
-    for path in [p for p in list(flat) if p[-1] == "kernel" and p[-2] in lora.targets]:
-        fan_in, fan_out = flat[path].shape
-        flat[(*path[:-1], "lora_a")] = rng.standard_normal((fan_in, lora.rank)).astype(np.float32) * 0.1
-        flat[(*path[:-1], "lora_b")] = rng.standard_normal((lora.rank, fan_out)).astype(np.float32) * 0.5
-    ckpt.write_model_checkpoint(tmp_path / "ckpt", names.unflatten(flat), cfg, assets_from=src)
+    src, _ = build_tiny_lora_checkpoint(tmp_path, rank=4, alpha=8.0)
     # No --export: verify exports (merging the adapters) into its --out work folder.
     assert main(["verify", "--checkpoint", str(tmp_path / "ckpt"), "--no-server",
                  "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().out
