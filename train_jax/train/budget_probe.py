@@ -157,6 +157,7 @@ class BudgetProbe:
             save_s = self.clock() - begun
         costs = BudgetCosts(self.timer.step_s, self.timer.compile_s, eval_s, every, save_s,
                             save_every)
+        self.costs, self.cap = costs, cap  # what a later re-fit (budget_refit.py) starts from
         remaining = self.deadline - self.clock()
         total = steps_within_budget(costs, remaining, step, cap)
         if jax.process_count() > 1:  # every process must run the same steps: process 0 decides

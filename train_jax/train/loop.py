@@ -22,6 +22,7 @@ import numpy as np
 
 from train_jax.config.run_config import RunConfig
 from train_jax.train.budget_probe import BudgetProbe
+from train_jax.train.budget_refit import BudgetRefit
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
@@ -166,6 +167,7 @@ class _Loop:
         started = self.clock()
         probe = (None if self.planned.plan.is_fixed else
                  BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
+        refit: BudgetRefit | None = None  # once the probe has fixed the length
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, self.total_steps)
         window_start, window_steps, window_tokens = self.clock(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
@@ -189,7 +191,7 @@ class _Loop:
                 self.rebuild(plan)
                 last_eval = step if self.cfg.eval.every else last_eval
                 last_saved = step if saved else last_saved
-                probe = None
+                refit, probe = BudgetRefit.after(probe, step), None
                 if bar is not None:
                     bar.total = plan.total_steps
                     bar.refresh()
@@ -207,13 +209,24 @@ class _Loop:
                 window_start, window_steps, window_tokens = self.clock(), 0, 0
             every = self.cfg.eval.every
             if every and (step % every == 0 or step == total) and last_eval != step:
+                begun = self.clock()
                 values.update(self.evaluate(state))
+                if refit is not None:
+                    refit.spent("eval", self.clock() - begun)
                 last_eval = step
+            if refit is not None and (plan := refit.refit(step, state)) is not None:
+                self.rebuild(plan)
+                if bar is not None:
+                    bar.total = plan.total_steps
+                    bar.refresh()
             if values:  # the schedule's length, in the first row logged after it is fixed
                 values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "val_loss", "tokens_per_s"))
             if step % self.cfg.checkpoint.every == 0 and last_saved != step:
+                begun = self.clock()
                 self.save(state, values)
+                if refit is not None:
+                    refit.spent("save", self.clock() - begun)
                 last_saved = step
         if bar is not None:
             bar.close()

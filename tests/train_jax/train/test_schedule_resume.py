@@ -108,3 +108,43 @@ def test_a_dpo_run_fixes_its_length_from_the_budget_too(tmp_path):
     lrs = [r["lr"] for r in rows if "lr" in r]
     schedule = learning_rate_schedule(cfg.optimizer, total, decay_start)
     np.testing.assert_allclose(lrs, [float(schedule(i)) for i in range(total)], rtol=1e-6)
+
+
+class SlowingClock(TickClock):
+    """A TickClock whose steps get `factor` times slower after `reads` readings: what a probe
+    of the first steps cannot see (host-heap trims, a busier machine)."""
+
+    def __init__(self, tick: float, reads: int, factor: float):
+        super().__init__(tick)
+        self.reads, self.factor = reads, factor
+
+    def __call__(self) -> float:
+        self.reads -= 1
+        if self.reads == 0:
+            self.tick *= self.factor
+        return super().__call__()
+
+
+def test_steps_slower_than_the_probe_refit_the_length_and_the_run_still_ends_decayed(
+        config, tmp_path):
+    # The probe times ~2 s steps; from the ~30th clock reading on they take twice as long.
+    # The length fixed from the probe would overrun the 60 s budget and be cut mid-decay; the
+    # re-fits at the checkpoints (every 3 steps, no evaluations) shorten it in time.
+    run_dir = tmp_path / "run"
+    cfg = load_run_config(config, [f"run_dir={run_dir}", "train.time_budget_minutes=1.0"])
+    result = train(cfg, clock=SlowingClock(0.5, reads=30, factor=2.0))
+    rows = _rows(run_dir)
+    plans = [(r["step"], r["schedule_total_steps"], r["schedule_decay_start"])
+             for r in rows if "schedule_total_steps" in r]
+    assert len(plans) >= 2 and plans[0][0] == 4
+    assert plans[-1][1] < plans[0][1]  # shortened after the fix
+    total, decay_start = plans[-1][1], plans[-1][2]
+    assert result.final_step == result.total_steps == total  # not cut by the budget
+    # Every step ran at the final plan's rate, those taken under the earlier plans included,
+    # and the last one on the decayed end of it.
+    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert sorted(lrs) == list(range(1, total + 1))
+    schedule = learning_rate_schedule(cfg.optimizer, total, decay_start)
+    np.testing.assert_allclose([lrs[s] for s in range(1, total + 1)],
+                               [float(schedule(s - 1)) for s in range(1, total + 1)], rtol=1e-6)
+    assert lrs[total] < 0.2 * lrs[decay_start] == pytest.approx(0.2 * 3e-3)

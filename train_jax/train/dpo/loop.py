@@ -24,6 +24,7 @@ import numpy as np
 from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import RunConfig
 from train_jax.train.budget_probe import BudgetProbe
+from train_jax.train.budget_refit import BudgetRefit
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.dpo.plots import plot_dpo_curves
@@ -143,10 +144,14 @@ class DpoLoop:
         """The time budget's length fixed after the timed steps; the train step rebuilt."""
         plan, values, saved = probe.fix(step, partial(self.evaluate, state),
                                         partial(self.save_committed, state))
+        self.rebuild(plan)
+        return values, saved
+
+    def rebuild(self, plan: SchedulePlan) -> None:
+        """Take the train step of `plan` (the eval step, already compiled, stays)."""
         if self.steps_for is not None:
             fresh = self.steps_for(plan)
             self.steps = dataclasses.replace(self.steps, train_step=fresh.train_step, tx=fresh.tx)
-        return values, saved
 
     def run(self, state: Any, stop: StopFlag) -> RunResult:
         cfg = self.cfg.train
@@ -156,6 +161,7 @@ class DpoLoop:
         started = window_start = self.clock()
         probe = (None if self.planned.plan.is_fixed else
                  BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
+        refit: BudgetRefit | None = None  # once the probe has fixed the length
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
         window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
@@ -175,7 +181,7 @@ class DpoLoop:
                 values, saved = self.fix_schedule(probe, state, step)
                 last_eval = step if every else last_eval
                 last_saved = step if saved else last_saved
-                probe, total = None, self.total_steps
+                refit, probe, total = BudgetRefit.after(probe, step), None, self.total_steps
                 if bar is not None:
                     bar.total = total
                     bar.refresh()
@@ -188,13 +194,25 @@ class DpoLoop:
                 last_loss = values["loss"]
                 window_start, window_tokens = self.clock(), 0
             if every and (step % every == 0 or step == total) and last_eval != step:
+                begun = self.clock()
                 values.update(self.evaluate(state))
+                if refit is not None:
+                    refit.spent("eval", self.clock() - begun)
                 last_eval = step
+            if refit is not None and (plan := refit.refit(step, state)) is not None:
+                self.rebuild(plan)
+                total = plan.total_steps
+                if bar is not None:
+                    bar.total = total
+                    bar.refresh()
             if values:  # the schedule's length, in the first row logged after it is fixed
                 values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "reward_margin", "accuracy", "val_loss"))
             if step % self.cfg.checkpoint.every == 0 and last_saved != step:
+                begun = self.clock()
                 self.save(state, values)
+                if refit is not None:
+                    refit.spent("save", self.clock() - begun)
                 last_saved = step
         if bar is not None:
             bar.close()
