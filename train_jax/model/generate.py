@@ -2,8 +2,8 @@
 
 Prompts are left-padded to a common length P so that every row writes its next token at the
 same cache column; each row's positions start at 0 at its first real token and padding keys
-are masked out. One prefill pass fills the (layers, B, P + new, K, H) cache, then each step runs
-the model on one token per row. The whole loop is one jitted function, compiled once per
+are masked out. One prefill pass fills the cache (per layer, (B, P + new, K, H)), then each step
+runs the model on one token per row, until every row has emitted its EOS or `max_new_tokens`. The whole loop is one jitted function, compiled once per
 (batch, P, new tokens) shape; `sample_tokens` is that loop unjitted, for callers that jit it
 with their own shardings (GRPO rollouts). The layers are the model's own modules
 (projections, norms, MLP, LoRA adapters); only the attention over the cache is written here.
@@ -76,14 +76,16 @@ def _forward(model: LlamaForCausalLM, tokens, positions, mask, cache, start):
     x = jnp.take(table, tokens, axis=0).astype(dtype)
     keys, values = cache
     new_keys, new_values = [], []
+    # One (B, T, K, H) array per layer, never stacked: in the decoding loop's carry each is
+    # updated in place, where a stacked (layers, ...) cache is copied whole at every token.
     for layer, block in enumerate(model.layers):
         attn = block.self_attn
         h = block.input_layernorm(x)
         q = apply_rope(attn.q_proj(h).reshape(b, s, attn.num_heads, attn.head_dim), cos, sin)
         k = apply_rope(attn.k_proj(h).reshape(b, s, attn.num_kv_heads, attn.head_dim), cos, sin)
         v = attn.v_proj(h).reshape(b, s, attn.num_kv_heads, attn.head_dim)
-        layer_k = jax.lax.dynamic_update_slice_in_dim(keys[layer], k.astype(keys.dtype), start, axis=1)
-        layer_v = jax.lax.dynamic_update_slice_in_dim(values[layer], v.astype(values.dtype), start, axis=1)
+        layer_k = jax.lax.dynamic_update_slice_in_dim(keys[layer], k.astype(keys[layer].dtype), start, axis=1)
+        layer_v = jax.lax.dynamic_update_slice_in_dim(values[layer], v.astype(values[layer].dtype), start, axis=1)
         new_keys.append(layer_k)
         new_values.append(layer_v)
         out = jax.nn.dot_product_attention(q, layer_k.astype(q.dtype), layer_v.astype(q.dtype), mask=mask)
@@ -91,7 +93,7 @@ def _forward(model: LlamaForCausalLM, tokens, positions, mask, cache, start):
         x = x + block.mlp(block.post_attention_layernorm(x))
     x = model.norm(x)
     logits = x @ table.astype(dtype).T if model.lm_head is None else model.lm_head(x)
-    return logits.astype(jnp.float32), (jnp.stack(new_keys), jnp.stack(new_values))
+    return logits.astype(jnp.float32), (tuple(new_keys), tuple(new_values))
 
 
 def _pick(logits, temperature, key):
@@ -124,8 +126,10 @@ def sample_tokens(model: LlamaForCausalLM, prompts: jax.Array, pad: jax.Array, e
     total = width + max_new_tokens
     columns = jnp.arange(total)
     valid_key = columns[None, :] >= pad[:, None]  # (B, T): False on left padding
-    shape = (cfg.num_hidden_layers, b, total, cfg.num_key_value_heads, cfg.head_dim)
-    cache = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+    shape = (b, total, cfg.num_key_value_heads, cfg.head_dim)
+    layers = range(cfg.num_hidden_layers)
+    cache = (tuple(jnp.zeros(shape, cfg.dtype) for _ in layers),
+             tuple(jnp.zeros(shape, cfg.dtype) for _ in layers))
 
     # Prefill. Padding queries attend to themselves only, so no softmax row is empty.
     rows = jnp.arange(width)
@@ -136,8 +140,8 @@ def sample_tokens(model: LlamaForCausalLM, prompts: jax.Array, pad: jax.Array, e
     logits, cache = _forward(model, prompts, positions, mask[:, None], cache, 0)
     token, key = _pick(logits[:, -1], temperature, key)
 
-    def step(i, carry):
-        out, token, done, count, cache, key = carry
+    def step(carry):
+        i, out, token, done, count, cache, key = carry
         out = out.at[:, i].set(jnp.where(done, 0, token))
         count = count + (~done).astype(jnp.int32)
         done = done | jnp.isin(token, eos)
@@ -145,9 +149,15 @@ def sample_tokens(model: LlamaForCausalLM, prompts: jax.Array, pad: jax.Array, e
         step_mask = (valid_key & (columns[None, :] <= column))[:, None, None, :]  # (B, 1, 1, T)
         logits, cache = _forward(model, token[:, None], (column - pad)[:, None], step_mask, cache, column)
         token, key = _pick(logits[:, 0], temperature, key)
-        return out, token, done, count, cache, key
+        return i + 1, out, token, done, count, cache, key
+
+    def running(carry):
+        # Stop once every row has emitted its EOS: later steps would only write the zeros the
+        # output already holds, so the result is that of running all max_new_tokens steps.
+        i, _, _, done, *_ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
 
     out = jnp.zeros((b, max_new_tokens), jnp.int32)
-    init = (out, token, jnp.zeros(b, bool), jnp.zeros(b, jnp.int32), cache, key)
-    out, _, _, count, _, _ = jax.lax.fori_loop(0, max_new_tokens, step, init)
+    init = (jnp.int32(0), out, token, jnp.zeros(b, bool), jnp.zeros(b, jnp.int32), cache, key)
+    _, out, _, _, count, _, _ = jax.lax.while_loop(running, step, init)
     return out, count
