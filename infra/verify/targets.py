@@ -37,6 +37,17 @@ def export_dtype(export_dir: Path) -> str:
     return DTYPE_ALIASES.get(name.removeprefix("torch."), "float32")
 
 
+def exported_step(export_dir: Path) -> int | None:
+    """The checkpoint step an export was made from (its `jaxtune.json`), None when unrecorded."""
+    from train_jax.provenance import PROVENANCE_FILE
+
+    path = export_dir / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    step = json.loads(path.read_text()).get("step")
+    return int(step) if isinstance(step, int) else None
+
+
 def _check_checkpoint(path: Path) -> None:
     from train_jax import checkpoint as ckpt
 
@@ -72,7 +83,13 @@ def resolve_targets(checkpoint: Path | None, export: Path | None, work_dir: Path
     from train_jax import checkpoint as ckpt
     from train_jax.convert.hf_export import export_checkpoint
 
-    step = ckpt.resolve_step(checkpoint, step)
+    # An export of an earlier step (the best one, say) is compared with that step, not the
+    # latest: comparing different weights would fail for no fault of the conversion.
+    recorded = exported_step(export) if export is not None else None
+    if step is not None and recorded is not None and step != recorded:
+        raise VerifyInputError(f"--step {step}, but {export} was exported from step {recorded}; "
+                               f"drop --step or pass --step {recorded}")
+    step = ckpt.resolve_step(checkpoint, step if step is not None else recorded)
     if export is None:
         export = work_dir / "export"
         logger.info("exporting %s step %d to %s", checkpoint, step, export)

@@ -172,6 +172,7 @@ class _Loop:
         window_start, window_steps, window_tokens = self.clock(), 0, 0
         last_saved, last_loss, last_eval = step, None, step
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
+        values: dict[str, Any] = {}  # the row logged at the latest step
         while step < self.total_steps and stop.signum is None:
             if self.clock() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
@@ -184,7 +185,7 @@ class _Loop:
             heap.after_step()
             step += 1
             window_steps += 1
-            values: dict[str, Any] = {}
+            values = {}
             if probe is not None and probe.timed(step_metrics):
                 plan, values, saved = probe.fix(step, partial(self.evaluate, state),
                                                 partial(self.save_committed, state))
@@ -232,7 +233,9 @@ class _Loop:
             bar.close()
         total = self.total_steps
         if step != last_saved:
-            final: dict[str, Any] = {}
+            # The last step's own evaluation, when it had one, ranks its checkpoint: without
+            # it the final step could never be the best one.
+            final: dict[str, Any] = values if last_eval == step else {}
             if stop.signum is None and self.cfg.eval.every and last_eval != step:
                 final = self.evaluate(state)  # a budget stop still gets ranked and logged
                 if final:

@@ -157,3 +157,39 @@ def test_a_bf16_export_is_compared_with_the_checkpoint_rounded_to_bf16(tiny, tmp
     row = _rows(tmp_path / "out")["flax vs transformers"]
     assert row["passed"] and row["max_dlogprob"] <= TOLERANCES["bfloat16"]["local"].max_dlogprob
     assert "weights rounded to bfloat16" in json.dumps(report["sources"])
+
+
+def test_an_export_of_an_earlier_step_is_compared_with_that_step(tmp_path, capsys):
+    # `jaxtune export --step best` may export step 1 of 2: verify then compares step 1 (from the
+    # export's jaxtune.json), not the latest, and refuses a --step that contradicts it.
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from tests.train_jax.train.runs import TINY_ARCH, TOKENIZER
+    from train_jax import checkpoint as ckpt
+    from train_jax.config.run_config import CheckpointConfig
+    from train_jax.model.config import ModelConfig
+    from train_jax.model.llama import init_model
+    from train_jax.train.checkpointing import TrainCheckpointer
+
+    model_cfg = ModelConfig.from_hf_config(TINY_ARCH)  # the tokenizer's vocabulary
+    checkpoint = tmp_path / "checkpoints"
+    ckpt.write_checkpoint_info(checkpoint, model_cfg, assets_from=TOKENIZER)
+    saver = TrainCheckpointer(checkpoint, CheckpointConfig(every=1, keep=2, keep_best=0))
+    for step, seed in ((1, 0), (2, 1)):
+        params = nnx.to_pure_dict(nnx.state(init_model(model_cfg, seed), nnx.Param))
+        saver.save({"step": jnp.int32(step), "trainable": params, "frozen": {},
+                    "opt_state": {"count": jnp.int32(step)}}, {"position": step}, {}, {})
+    saver.close()
+    assert main(["export", "--checkpoint", str(checkpoint), "--step", "1",
+                 "--out", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    args = ["verify", "--checkpoint", str(checkpoint), "--export", str(tmp_path / "export"),
+            "--no-server"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "verify.json").read_text())
+    assert "(step 1" in report["sources"]["flax"]
+    assert main([*args, "--step", "2", "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"jaxtune: error: --step 2, but {tmp_path / 'export'} was exported from "
+                       "step 1; drop --step or pass --step 1")

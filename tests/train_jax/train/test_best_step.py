@@ -81,3 +81,22 @@ def test_a_bad_step_argument_is_refused(tmp_path, capsys, bad):
         main(["export", "--checkpoint", str(tmp_path), "--step", bad, "--out", str(tmp_path / "o")])
     assert exit_info.value.code != 0
     assert "expected a step number, 'latest' or 'best'" in capsys.readouterr().err
+
+
+def test_the_final_steps_own_evaluation_ranks_its_checkpoint(tmp_path):
+    # Step 6 is evaluated inside the loop (6 % 3 == 0) and saved after it (6 % 4 != 0): the
+    # final save must carry that evaluation, or the last step can never be chosen as the best
+    # (a demo exported step 100 of 157 this way while step 157 scored higher).
+    from tests.train_jax.train.runs import viggo_slice, write_config
+    from train_jax.config.run_config import load_run_config
+    from train_jax.train.loop import train
+
+    config = write_config(tmp_path / "tiny.yaml", viggo_slice(tmp_path, 40),
+                          train={"steps": 6, "batch_size": 4, "log_every": 1, "progress": False},
+                          eval={"every": 3, "batches": 1},
+                          checkpoint={"every": 4, "keep": 3, "keep_best": 0,
+                                      "best_metric": "val_loss", "best_mode": "min"})
+    train(load_run_config(config, [f"run_dir={tmp_path / 'run'}"]))
+    best = best_step(tmp_path / "run" / "checkpoints")
+    assert [step for step, _ in best.ranked] == [6]  # step 4 had no evaluation
+    assert best.step == 6

@@ -165,6 +165,7 @@ class DpoLoop:
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
         window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
+        values: dict[str, Any] = {}  # the row logged at the latest step
         while step < total and stop.signum is None:
             if self.clock() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
@@ -176,7 +177,7 @@ class DpoLoop:
             state, step_metrics = self.steps.train_step(state, self.reference, batch)
             heap.after_step()
             step += 1
-            values: dict[str, Any] = {}
+            values = {}
             if probe is not None and probe.timed(step_metrics):
                 values, saved = self.fix_schedule(probe, state, step)
                 last_eval = step if every else last_eval
@@ -217,7 +218,9 @@ class DpoLoop:
         if bar is not None:
             bar.close()
         if step != last_saved:
-            final: dict[str, Any] = {}
+            # The last step's own evaluation, when it had one, ranks its checkpoint: without
+            # it the final step could never be the best one.
+            final: dict[str, Any] = values if last_eval == step else {}
             if stop.signum is None and every and last_eval != step:
                 final = self.evaluate(state)  # a budget stop still gets ranked and logged
                 if final:

@@ -219,6 +219,7 @@ class _GrpoLoop:
         last_saved, last_loss = step, None
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         window: list[dict[str, float]] = []
+        values: dict[str, Any] = {}  # the row logged at the latest step
         while step < self.total and stop.signum is None:
             if time.perf_counter() - started > budget_s:
                 logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
@@ -230,7 +231,7 @@ class _GrpoLoop:
             heap.after_step()
             step += 1
             window.append(stats)
-            values: dict[str, Any] = {}
+            values = {}
             if step % cfg.log_every == 0 or step == self.total or step == 1:
                 host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 last_loss = host["loss"]
@@ -248,8 +249,8 @@ class _GrpoLoop:
                 last_saved = step
         if bar is not None:
             bar.close()
-        if step != last_saved:
-            self.save(state, {})
+        if step != last_saved:  # with the last step's row: its task metric, if it had one
+            self.save(state, values)
         self.checkpointer.wait()
         logger.info("stopped at step %d of %d", step, self.total)
         return RunResult(step, stop.signum, last_loss, self.total)
