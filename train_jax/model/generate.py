@@ -3,8 +3,8 @@
 Prompts are left-padded to a common length P so that every row writes its next token at the
 same cache column; each row's positions start at 0 at its first real token and padding keys
 are masked out. One prefill pass fills the cache (per layer, (B, P + new, K, H)), then each step
-runs the model on one token per row, until every row has emitted its EOS or `max_new_tokens`. The whole loop is one jitted function, compiled once per
-(batch, P, new tokens) shape; `sample_tokens` is that loop unjitted, for callers that jit it
+runs the model on one token per row, until every row has emitted its EOS or `max_new_tokens`.
+The whole loop is one jitted function, compiled once per (batch, P, new tokens) shape; `sample_tokens` is that loop unjitted, for callers that jit it
 with their own shardings (GRPO rollouts). The layers are the model's own modules
 (projections, norms, MLP, LoRA adapters); only the attention over the cache is written here.
 """

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jax
 import numpy as np
@@ -33,6 +33,20 @@ from train_jax.train.schedule_plan import PlannedState, SchedulePlan, budget_pla
 logger = logging.getLogger(__name__)
 
 REFIT_TOLERANCE = 0.02  # of the planned length: smaller changes are not worth a recompile
+
+T = TypeVar("T")
+
+
+def timed_work(refit: BudgetRefit | None, kind: Literal["eval", "save"],
+               work: Callable[[], T]) -> T:
+    """Run `work` (an evaluation or a save); once a re-fitter exists, record its wall time so
+    that it is not counted as step time."""
+    if refit is None:
+        return work()
+    begun = refit.clock()
+    result = work()
+    refit.spent(kind, refit.clock() - begun)
+    return result
 
 
 class BudgetRefit:

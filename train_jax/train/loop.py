@@ -22,7 +22,7 @@ import numpy as np
 
 from train_jax.config.run_config import RunConfig
 from train_jax.train.budget_probe import BudgetProbe
-from train_jax.train.budget_refit import BudgetRefit
+from train_jax.train.budget_refit import BudgetRefit, timed_work
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
@@ -36,6 +36,7 @@ from train_jax.train.run_control import (
     planned_steps,
     progress_bar,
     report_step,
+    set_bar_total,
     write_resolved_config,
 )
 from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
@@ -193,9 +194,7 @@ class _Loop:
                 last_eval = step if self.cfg.eval.every else last_eval
                 last_saved = step if saved else last_saved
                 refit, probe = BudgetRefit.after(probe, step), None
-                if bar is not None:
-                    bar.total = plan.total_steps
-                    bar.refresh()
+                set_bar_total(bar, plan.total_steps)
             total = self.total_steps
             if step % cfg.log_every == 0 or step == total or step == 1:
                 host = jax.device_get(step_metrics)
@@ -210,24 +209,16 @@ class _Loop:
                 window_start, window_steps, window_tokens = self.clock(), 0, 0
             every = self.cfg.eval.every
             if every and (step % every == 0 or step == total) and last_eval != step:
-                begun = self.clock()
-                values.update(self.evaluate(state))
-                if refit is not None:
-                    refit.spent("eval", self.clock() - begun)
+                values.update(timed_work(refit, "eval", partial(self.evaluate, state)))
                 last_eval = step
             if refit is not None and (plan := refit.refit(step, state)) is not None:
                 self.rebuild(plan)
-                if bar is not None:
-                    bar.total = plan.total_steps
-                    bar.refresh()
+                set_bar_total(bar, plan.total_steps)
             if values:  # the schedule's length, in the first row logged after it is fixed
                 values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "val_loss", "tokens_per_s"))
             if step % self.cfg.checkpoint.every == 0 and last_saved != step:
-                begun = self.clock()
-                self.save(state, values)
-                if refit is not None:
-                    refit.spent("save", self.clock() - begun)
+                timed_work(refit, "save", partial(self.save, state, values))
                 last_saved = step
         if bar is not None:
             bar.close()

@@ -90,6 +90,14 @@ def progress_bar(enabled: bool, start: int, total: int, desc: str = "train") -> 
     return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
 
+def set_bar_total(bar: Any, total: int) -> None:
+    """Show a new step count on `bar` (a `progress_bar`, or None) once the schedule's length
+    is fixed or re-fitted."""
+    if bar is not None:
+        bar.total = total
+        bar.refresh()
+
+
 def report_step(metrics: Any, bar: Any, step: int, values: dict[str, Any],
                 shown: tuple[str, ...]) -> None:
     """Log this step's `values` (if any) and advance the progress bar, showing `shown` keys."""

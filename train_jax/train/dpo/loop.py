@@ -24,7 +24,7 @@ import numpy as np
 from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import RunConfig
 from train_jax.train.budget_probe import BudgetProbe
-from train_jax.train.budget_refit import BudgetRefit
+from train_jax.train.budget_refit import BudgetRefit, timed_work
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.dpo.plots import plot_dpo_curves
@@ -32,7 +32,13 @@ from train_jax.train.dpo.step import SUM_KEYS, DpoSteps, build_dpo_steps
 from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.partition import PureTree
-from train_jax.train.run_control import RunResult, StopFlag, progress_bar, report_step
+from train_jax.train.run_control import (
+    RunResult,
+    StopFlag,
+    progress_bar,
+    report_step,
+    set_bar_total,
+)
 from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
 from train_jax.train.schedule_plan import PlannedState, SchedulePlan, starting_plan
 from train_jax.train.step import init_state, place, put_batch
@@ -183,9 +189,7 @@ class DpoLoop:
                 last_eval = step if every else last_eval
                 last_saved = step if saved else last_saved
                 refit, probe, total = BudgetRefit.after(probe, step), None, self.total_steps
-                if bar is not None:
-                    bar.total = total
-                    bar.refresh()
+                set_bar_total(bar, total)
             if step % cfg.log_every == 0 or step == total or step == 1:
                 host = jax.device_get(step_metrics)
                 elapsed = self.clock() - window_start
@@ -195,25 +199,17 @@ class DpoLoop:
                 last_loss = values["loss"]
                 window_start, window_tokens = self.clock(), 0
             if every and (step % every == 0 or step == total) and last_eval != step:
-                begun = self.clock()
-                values.update(self.evaluate(state))
-                if refit is not None:
-                    refit.spent("eval", self.clock() - begun)
+                values.update(timed_work(refit, "eval", partial(self.evaluate, state)))
                 last_eval = step
             if refit is not None and (plan := refit.refit(step, state)) is not None:
                 self.rebuild(plan)
                 total = plan.total_steps
-                if bar is not None:
-                    bar.total = total
-                    bar.refresh()
+                set_bar_total(bar, total)
             if values:  # the schedule's length, in the first row logged after it is fixed
                 values.update(self.planned.unlogged_metrics())
             report_step(self.metrics, bar, step, values, ("loss", "reward_margin", "accuracy", "val_loss"))
             if step % self.cfg.checkpoint.every == 0 and last_saved != step:
-                begun = self.clock()
-                self.save(state, values)
-                if refit is not None:
-                    refit.spent("save", self.clock() - begun)
+                timed_work(refit, "save", partial(self.save, state, values))
                 last_saved = step
         if bar is not None:
             bar.close()
