@@ -158,6 +158,10 @@ class GrpoConfig:
     # The task that scores completions: a registered task name, or "package.module:OBJECT"
     # naming a user's `Task` (imported and registered); null: the first data source's task.
     task: str | None = None
+    # The task metric paid as the reward (e.g. viggo's attribute_f1 for partial credit, where
+    # exact match gives a near-converged model little to tell its samples apart); checked
+    # against the task's metrics when the task is resolved. null: the task's own `reward`.
+    reward_metric: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("group_size", "prompts_per_step", "max_new_tokens", "updates_per_rollout"):

@@ -13,7 +13,7 @@ from train_jax.config.run_config import run_config_from_dict
 from train_jax.data.config import DataConfig
 from train_jax.train.grpo.loop import check_supported
 from train_jax.train.grpo.prompts import RolloutState, resolve_task
-from train_jax.train.grpo.rewards import score_completions
+from train_jax.train.grpo.rewards import check_reward_metric, score_completions
 from train_jax.train.grpo.rollout import update_rows
 
 
@@ -43,6 +43,25 @@ def test_non_finite_rewards_count_as_errors_and_format_reward_adds():
     np.testing.assert_allclose(batch.rewards, [0.25, 1.25, 0.0])  # "1" parses: format only
     assert batch.errors == 1
     np.testing.assert_array_equal(batch.format_hits, [True, True, False])
+
+
+def test_a_named_task_metric_is_the_reward_and_an_unknown_one_is_refused():
+    from eval.tasks.viggo import TASK as VIGGO
+
+    gold = TaskExample({"ref": "x"}, "inform(name[Tetris], genres[puzzle], rating[good])")
+    texts = ["inform(name[Tetris], genres[puzzle], rating[good])",  # exact
+             "inform(name[Tetris], genres[puzzle])",  # two of three pairs, no extra
+             "request(name[Tetris])",  # one pair
+             "no meaning representation here"]
+    exact = score_completions(VIGGO, texts, [gold] * 4)
+    f1 = score_completions(VIGGO, texts, [gold] * 4, metric="attribute_f1")
+    np.testing.assert_array_equal(exact.rewards, [1.0, 0.0, 0.0, 0.0])  # the primary metric
+    np.testing.assert_allclose(f1.rewards, [1.0, 0.8, 0.5, 0.0], rtol=1e-6)  # partial credit
+    check_reward_metric(VIGGO, "attribute_f1")
+    check_reward_metric(VIGGO, None)
+    with pytest.raises(ConfigError, match=r"task 'viggo' has no metric 'f1'; its metrics are "
+                                          r"\['exact_match', 'function_type', 'attribute_f1'\]"):
+        check_reward_metric(VIGGO, "f1")
 
 
 def test_tasks_resolve_by_name_module_path_or_data_source():

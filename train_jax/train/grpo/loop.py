@@ -32,7 +32,7 @@ from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.grpo.objective import group_advantages
 from train_jax.train.grpo.plots import REWARD_PLOT_FILE, plot_reward_curve
 from train_jax.train.grpo.prompts import PromptSet, RolloutState, load_prompts, resolve_task
-from train_jax.train.grpo.rewards import RewardBatch, score_completions
+from train_jax.train.grpo.rewards import RewardBatch, check_reward_metric, score_completions
 from train_jax.train.grpo.rollout import Sampler, update_rows
 from train_jax.train.grpo.step import GrpoSteps, build_grpo_steps
 from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
@@ -91,7 +91,9 @@ def train_grpo(cfg: RunConfig) -> RunResult:
     del initial.model
     tokenizer = load_tokenizer(initial.assets_dir)
     data = cfg.data.sources[0].dataset
-    prompts = load_prompts(resolve_task(grpo.task, data), data, tokenizer, grpo.max_new_tokens)
+    task = resolve_task(grpo.task, data)
+    check_reward_metric(task, grpo.reward_metric)
+    prompts = load_prompts(task, data, tokenizer, grpo.max_new_tokens)
     rows = grpo.prompts_per_step * grpo.group_size
     micro = cfg.train.micro_batches
     shape = (micro, rows // micro, prompts.width + grpo.max_new_tokens)
@@ -102,7 +104,8 @@ def train_grpo(cfg: RunConfig) -> RunResult:
 
     lora_reference = cfg.method.name == "lora"
     steps = build_grpo_steps(grpo, cfg.optimizer, parts, mesh, trainable, total, shape,
-                             lora_reference=lora_reference)
+                             lora_reference=lora_reference,
+                             dropout=lora_reference and cfg.method.lora.dropout > 0)
     state = init_state(parts, steps.tx, trainable, frozen, steps.state_shardings)
     # The reference: the starting weights, frozen (a copy on the mesh, not the donated state).
     reference = {} if lora_reference else place(trainable, steps.reference_shardings)
@@ -182,7 +185,7 @@ class _GrpoLoop:
                                             skip_special_tokens=True)
         rewards = score_completions(self.prompts.task, texts,
                                     [self.prompts.examples[i] for i in rows],
-                                    self.grpo.format_reward)
+                                    self.grpo.format_reward, self.grpo.reward_metric)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards.rewards), group))
         by_group = rewards.rewards.reshape(-1, group)
         stats = {"reward_mean": float(rewards.rewards.mean()),

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from train_jax.config.loading import ConfigError
+
 if TYPE_CHECKING:
     from eval.tasks.records import TaskExample
     from eval.tasks.task import Task
@@ -29,16 +31,35 @@ class RewardBatch:
     errors: int  # calls of the task's reward or format check that raised (or gave NaN/inf)
 
 
+def check_reward_metric(task: Task, metric: str | None) -> None:
+    """Raise ConfigError unless `metric` is None or one of `task`'s metrics."""
+    names = [m.name for m in task.metrics]
+    if metric is not None and metric not in names:
+        raise ConfigError(f"objective.grpo.reward_metric: task {task.name!r} has no metric "
+                          f"{metric!r}; its metrics are {names}")
+
+
+def completion_reward(task: Task, text: str, example: TaskExample,
+                      metric: str | None = None) -> float:
+    """The reward of one completion: the task's `reward`, or the value of its `metric`
+    (0.0 when the scorer gives none, as `Task.reward` does)."""
+    if metric is None:
+        return float(task.reward(text, example))
+    value = task.score(text, example).values.get(metric)
+    return 0.0 if value is None else float(value)
+
+
 def score_completions(task: Task, texts: Sequence[str], examples: Sequence[TaskExample],
-                      format_reward: float = 0.0) -> RewardBatch:
-    """Score every completion `texts[i]` against `examples[i]` with `task`."""
+                      format_reward: float = 0.0, metric: str | None = None) -> RewardBatch:
+    """Score every completion `texts[i]` against `examples[i]` with `task` (by its `metric`
+    when one is named)."""
     rewards = np.zeros(len(texts), np.float32)
     hits = np.zeros(len(texts), bool)
     errors = 0
     first_error: str | None = None
     for i, (text, example) in enumerate(zip(texts, examples, strict=True)):
         try:
-            value = float(task.reward(text, example))
+            value = completion_reward(task, text, example, metric)
             if not math.isfinite(value):
                 raise ValueError(f"reward {value} is not finite")
             rewards[i] = value

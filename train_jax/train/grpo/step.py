@@ -3,6 +3,9 @@ state and its partition specs, explicit in/out shardings, the state donated to t
 
 - `logprob_step(state, reference, batch)`: per-token log-probs of the rollout rows under the
   policy that sampled them (`old_logp`) and under the reference (`ref_logp`), once per batch.
+  With one update per rollout and no dropout, the policy being updated *is* the one that
+  sampled, so `old_logp` is the update's own forward pass with its gradient stopped (ratio 1,
+  the same gradient) and this step computes `ref_logp` only: one forward pass fewer per step.
 - `update_step(state, batch)`: `updates_per_rollout` AdamW updates on the GRPO loss
   (`objective.py`), each accumulated over the batch's micro-batches exactly as one pass.
 
@@ -35,7 +38,7 @@ from train_jax.train.optimizer import build_optimizer, learning_rate_schedule
 from train_jax.train.partition import ModelParts, PureTree
 from train_jax.train.step import BATCH_KEYS, Batch, TrainState, state_partition_specs
 
-LOGP_KEYS: tuple[str, ...] = ("old_logp", "ref_logp")
+LOGP_KEYS: tuple[str, ...] = ("old_logp", "ref_logp")  # all, when old_logp is a separate pass
 SUM_KEYS: tuple[str, ...] = ("loss", "kl", "clipped", "tokens")
 
 
@@ -55,7 +58,8 @@ def token_logprobs(model: LlamaForCausalLM, batch: Batch, temperature: float) ->
 class GrpoSteps:
     """The jitted steps and the shardings their arguments take."""
 
-    logprob_step: Any  # (state, reference, rows) -> {"old_logp", "ref_logp"}
+    logprob_step: Any  # (state, reference, rows) -> {"old_logp"?, "ref_logp"}
+    logp_keys: tuple[str, ...]  # what logprob_step returns: ("ref_logp",) when on_policy
     update_step: Any  # (state, batch) -> (state, metrics)
     state_shardings: Any
     reference_shardings: Any  # of the frozen reference copy ({} for LoRA: adapters off)
@@ -65,10 +69,23 @@ class GrpoSteps:
 
 def build_grpo_steps(grpo: GrpoConfig, optimizer: OptimizerConfig, parts: ModelParts,
                      mesh: Mesh, trainable: PureTree, total_steps: int,
-                     batch_shape: tuple[int, int, int], *, lora_reference: bool) -> GrpoSteps:
+                     batch_shape: tuple[int, int, int], *, lora_reference: bool,
+                     dropout: bool = False, separate_old_logp: bool | None = None) -> GrpoSteps:
     """Jit the steps for rollout rows of `batch_shape` (micro_batches, rows, length);
-    `total_steps` rollout batches, so the schedule spans total_steps x updates_per_rollout."""
+    `total_steps` rollout batches, so the schedule spans total_steps x updates_per_rollout.
+
+    `dropout`: the trained model has dropout (LoRA dropout), so a train-mode pass is not the
+    sampling policy. `separate_old_logp` forces (True) or forbids (False) the separate old
+    log-prob pass; by default it runs only when it can differ from the update's own pass
+    (several updates per rollout, or dropout).
+    """
     updates = grpo.updates_per_rollout
+    if separate_old_logp is None:
+        separate_old_logp = updates > 1 or dropout
+    elif not separate_old_logp and (updates > 1 or dropout):
+        raise ValueError("old log-probs need their own pass with several updates per rollout "
+                         "or with dropout")
+    logp_keys = LOGP_KEYS if separate_old_logp else ("ref_logp",)
     micro = batch_shape[0]
     schedule = learning_rate_schedule(optimizer, total_steps * updates)
     tx = build_optimizer(optimizer, schedule)
@@ -76,7 +93,7 @@ def build_grpo_steps(grpo: GrpoConfig, optimizer: OptimizerConfig, parts: ModelP
     reference_shardings = {} if lora_reference else shardings["trainable"]
     rows = batch_sharding(mesh, batch_shape)
     per_row = NamedSharding(mesh, logical_to_spec((None, axes.BATCH), batch_shape[:2], mesh))
-    batch_shardings = {**{k: rows for k in (*BATCH_KEYS, *LOGP_KEYS)}, "advantages": per_row}
+    batch_shardings = {**{k: rows for k in (*BATCH_KEYS, *logp_keys)}, "advantages": per_row}
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def logp(trainable: PureTree, frozen: PureTree, mb: Batch, rng_index: Any, *,
@@ -88,17 +105,18 @@ def build_grpo_steps(grpo: GrpoConfig, optimizer: OptimizerConfig, parts: ModelP
             return token_logprobs(model, mb, grpo.temperature)
 
     def logprob_step(state: TrainState, reference: PureTree, batch: Batch) -> dict[str, Any]:
-        def body(_: None, mb: Batch) -> tuple[None, tuple[jax.Array, jax.Array]]:
-            old = logp(state["trainable"], state["frozen"], mb, 0, train=False)
+        def body(_: None, mb: Batch) -> tuple[None, dict[str, jax.Array]]:
+            out = {}
+            if separate_old_logp:
+                out["old_logp"] = logp(state["trainable"], state["frozen"], mb, 0, train=False)
             if lora_reference:
-                ref = logp(state["trainable"], state["frozen"], mb, 0, train=False,
-                           adapters=False)
+                out["ref_logp"] = logp(state["trainable"], state["frozen"], mb, 0, train=False,
+                                       adapters=False)
             else:
-                ref = logp(reference, state["frozen"], mb, 0, train=False)
-            return None, (old, ref)
+                out["ref_logp"] = logp(reference, state["frozen"], mb, 0, train=False)
+            return None, out
 
-        _, (old, ref) = jax.lax.scan(body, None, batch)
-        return {"old_logp": old, "ref_logp": ref}
+        return jax.lax.scan(body, None, batch)[1]
 
     def update_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         # The token count is known before any gradient: each micro-batch's sums divided by the
@@ -107,7 +125,8 @@ def build_grpo_steps(grpo: GrpoConfig, optimizer: OptimizerConfig, parts: ModelP
 
         def loss_fn(p: PureTree, mb: Batch, index: jax.Array) -> tuple[jax.Array, Any]:
             policy = logp(p, state["frozen"], mb, index, train=True)
-            sums = loss_sums(policy, mb["old_logp"], mb["ref_logp"], mb["loss_mask"],
+            old = mb["old_logp"] if separate_old_logp else jax.lax.stop_gradient(policy)
+            sums = loss_sums(policy, old, mb["ref_logp"], mb["loss_mask"],
                              mb["advantages"], grpo.clip_epsilon, grpo.kl_coef)
             return sums["loss"] / denom, sums
 
@@ -156,7 +175,8 @@ def build_grpo_steps(grpo: GrpoConfig, optimizer: OptimizerConfig, parts: ModelP
     row_shardings = {k: rows for k in BATCH_KEYS}
     jit_logprob = jax.jit(logprob_step,
                           in_shardings=(shardings, reference_shardings, row_shardings),
-                          out_shardings={k: rows for k in LOGP_KEYS})
+                          out_shardings={k: rows for k in logp_keys})
     jit_update = jax.jit(update_step, in_shardings=(shardings, batch_shardings),
                          out_shardings=(shardings, replicated), donate_argnums=0)
-    return GrpoSteps(jit_logprob, jit_update, shardings, reference_shardings, batch_shardings, tx)
+    return GrpoSteps(jit_logprob, logp_keys, jit_update, shardings, reference_shardings,
+                     batch_shardings, tx)
