@@ -162,9 +162,14 @@ class GrpoConfig:
     # exact match gives a near-converged model little to tell its samples apart); checked
     # against the task's metrics when the task is resolved. null: the task's own `reward`.
     reward_metric: str | None = None
+    # Rounds of sampling per step at most: groups whose completions all scored the same are set
+    # aside and more prompts drawn until prompts_per_step groups differ (DAPO's dynamic
+    # sampling); 1: off, every group of the one round is trained on.
+    dynamic_sampling_rounds: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "prompts_per_step", "max_new_tokens", "updates_per_rollout"):
+        for name in ("group_size", "prompts_per_step", "max_new_tokens", "updates_per_rollout",
+                     "dynamic_sampling_rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"objective.grpo.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:

@@ -44,3 +44,21 @@ def test_raising_reward_is_counted_and_lora_starts_at_its_reference(tmp_path):
     # (B = 0), apart from it once the adapters have trained.
     assert rows[0]["kl"] < 1e-6
     assert rows[-1]["kl"] > 0
+
+
+def test_dynamic_sampling_trains_on_groups_whose_rewards_differ(tmp_path):
+    # At the start the toy policy is right ~1 time in 17, so most groups of 8 all score 0.
+    run_dir = tmp_path / "run"
+    cfg = grpo_config(tmp_path, run_dir=str(run_dir), train={"steps": 6},
+                      objective={"grpo": {"dynamic_sampling_rounds": 4}})
+    assert train(run_config_from_dict(cfg)).final_step == 6
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    rounds = np.asarray([r["rollout_rounds"] for r in rows])
+    sampled = np.asarray([r["zero_std_groups"] for r in rows])
+    kept = np.asarray([r["kept_zero_std_groups"] for r in rows])
+    assert rounds.max() > 1 and rounds.max() <= 4
+    assert (kept <= sampled + 1e-9).all() and kept.mean() < sampled.mean()
+    # A step that stopped before its last round found enough informative groups.
+    assert (kept[rounds < 4] == 0).all()
+    # Each round draws fresh prompts: 8 per round.
+    assert rows[-1]["epoch"] == round(8 * rounds.sum() / 40, 4)

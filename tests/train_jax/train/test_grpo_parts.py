@@ -124,3 +124,30 @@ def test_vllm_rollouts_and_uneven_batches_are_refused(tmp_path):
     cfg = run_config_from_dict(grpo_config(tmp_path, train={"micro_batches": 3, "batch_size": 6}))
     with pytest.raises(ConfigError, match="multiple of train.micro_batches"):
         check_supported(cfg)
+
+
+def test_dynamic_sampling_keeps_informative_groups_first_in_draw_order():
+    from train_jax.train.grpo.loop import _keep_groups, _Rollout
+    from train_jax.train.grpo.rewards import RewardBatch
+
+    group = 2
+
+    def round_of(first_prompt: int, rewards: list[float]) -> _Rollout:
+        r = np.asarray(rewards, np.float32)
+        n = len(r)
+        prompts = np.repeat(np.arange(first_prompt, first_prompt + n // group), group)
+        return _Rollout(prompts, np.arange(n)[:, None] + 100 * first_prompt, np.full(n, 3),
+                        RewardBatch(r, np.zeros(n, bool), 1), r - 0.5,
+                        np.ptp(r.reshape(-1, group), axis=1) > 0, 1.5)
+
+    # Round 1: prompts 0..2, only prompt 1 informative; round 2: prompts 10..12, 10 and 12.
+    rounds = [round_of(0, [0, 0, 1, 0, 1, 1]), round_of(10, [1, 0, 0, 0, 0, 1])]
+    batch = _keep_groups(rounds, 3, group)
+    np.testing.assert_array_equal(batch.prompt_rows, [1, 1, 10, 10, 12, 12])
+    np.testing.assert_array_equal(batch.rewards.rewards, [1, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(batch.advantages, batch.rewards.rewards - 0.5)
+    assert batch.informative.all() and batch.rewards.errors == 2 and batch.sample_s == 3.0
+    # Short of informative groups: filled with the first set-aside ones, kept in draw order.
+    short = _keep_groups(rounds[:1], 3, group)
+    np.testing.assert_array_equal(short.prompt_rows, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(short.informative, [False, True, False])

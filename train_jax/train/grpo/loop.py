@@ -1,8 +1,9 @@
 """`train_grpo(cfg)`: a GRPO run (`objective.name: grpo`), laid out like a supervised run.
 
 Each step: draw `prompts_per_step` prompts, sample `group_size` completions of each from the
-current policy (`rollout.Sampler`), score them with the task's reward (`rewards.py`),
-normalise the rewards within each group into advantages, compute the sampling policy's and the
+current policy (`rollout.Sampler`), score them with the task's reward (`rewards.py`)
+(with dynamic sampling, further rounds until enough groups' rewards differ), normalise the
+rewards within each group into advantages, compute the sampling policy's and the
 reference's log-probs, and take `updates_per_rollout` optimizer steps on the clipped objective
 (`step.py`). The run directory, checkpoints (`params`, `opt_state`, `run_config`, and as
 `data_state` the prompt cursor and the sampling key), metrics, signals and the time budget
@@ -157,6 +158,26 @@ class _Rollout:
     counts: np.ndarray  # (R,) completion tokens of each row (EOS included)
     rewards: RewardBatch
     advantages: np.ndarray  # (R,)
+    informative: np.ndarray  # (R / group_size,) bool: the group's rewards differ
+    sample_s: float = 0.0  # wall time of the sampler (scoring excluded)
+
+
+def _keep_groups(rounds: list[_Rollout], wanted: int, group: int) -> _Rollout:
+    """The first `wanted` groups of `rounds` whose rewards differ, then (if short) the first of
+    the others, each group whole and in draw order."""
+    informative = np.concatenate([r.informative for r in rounds])
+    order = np.concatenate([np.flatnonzero(informative), np.flatnonzero(~informative)])
+    groups = np.sort(order[:wanted])
+    rows = (groups[:, None] * group + np.arange(group)).reshape(-1)
+
+    def cat(field: str) -> np.ndarray:
+        return np.concatenate([getattr(r, field) for r in rounds])[rows]
+
+    rewards = RewardBatch(np.concatenate([r.rewards.rewards for r in rounds])[rows],
+                          np.concatenate([r.rewards.format_hits for r in rounds])[rows],
+                          sum(r.rewards.errors for r in rounds))
+    return _Rollout(cat("prompt_rows"), cat("tokens"), cat("counts"), rewards, cat("advantages"),
+                    informative[groups], sum(r.sample_s for r in rounds))
 
 
 class _GrpoLoop:
@@ -174,7 +195,43 @@ class _GrpoLoop:
         self.config_dict = cfg.to_dict()
 
     def rollout(self, state: Any) -> tuple[_Rollout, dict[str, float]]:
-        """Sample and score one batch; its reward statistics and timings."""
+        """Sample and score one batch; its reward statistics and timings.
+
+        With `dynamic_sampling_rounds` > 1, groups whose completions all got the same reward
+        (no advantage to learn from) are set aside and further prompts are sampled, up to that
+        many rounds, until `prompts_per_step` groups differ (DAPO's dynamic sampling); a batch
+        still short is filled with set-aside groups, in draw order. Reward statistics are over
+        every completion sampled: the policy's own performance, not the kept batch's.
+        """
+        group, wanted = self.grpo.group_size, self.grpo.prompts_per_step
+        started = time.perf_counter()
+        rounds: list[_Rollout] = []
+        sample_s = 0.0
+        while True:
+            rounds.append(self._sample_round(state))
+            sample_s += rounds[-1].sample_s
+            informative = sum(int(np.sum(r.informative)) for r in rounds)
+            if informative >= wanted or len(rounds) >= self.grpo.dynamic_sampling_rounds:
+                break
+        batch = _keep_groups(rounds, wanted, group) if len(rounds) > 1 else rounds[0]
+        every = np.concatenate([r.rewards.rewards for r in rounds])
+        stats = {"reward_mean": float(every.mean()), "reward_std": float(every.std()),
+                 "zero_std_groups": float(1 - np.mean(np.concatenate([r.informative
+                                                                      for r in rounds]))),
+                 "reward_errors": sum(r.rewards.errors for r in rounds),
+                 "response_length": float(np.mean(np.concatenate([r.counts for r in rounds]))),
+                 "rollout_s": sample_s,
+                 "reward_s": time.perf_counter() - started - sample_s}
+        if self.grpo.dynamic_sampling_rounds > 1:
+            stats["rollout_rounds"] = len(rounds)
+            stats["kept_zero_std_groups"] = float(1 - np.mean(batch.informative))
+        if self.grpo.format_reward:
+            stats["format_rate"] = float(np.mean(np.concatenate([r.rewards.format_hits
+                                                                 for r in rounds])))
+        return batch, stats
+
+    def _sample_round(self, state: Any) -> _Rollout:
+        """Sample `prompts_per_step` fresh prompts `group_size` times each and score them."""
         group = self.grpo.group_size
         started = time.perf_counter()
         rows = np.repeat(self.rollout_state.next_prompts(), group)  # groups are contiguous
@@ -187,16 +244,9 @@ class _GrpoLoop:
                                     [self.prompts.examples[i] for i in rows],
                                     self.grpo.format_reward, self.grpo.reward_metric)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards.rewards), group))
-        by_group = rewards.rewards.reshape(-1, group)
-        stats = {"reward_mean": float(rewards.rewards.mean()),
-                 "reward_std": float(rewards.rewards.std()),
-                 "zero_std_groups": float(np.mean(np.ptp(by_group, axis=1) == 0)),
-                 "reward_errors": rewards.errors,
-                 "response_length": float(counts.mean()),
-                 "rollout_s": sampled - started, "reward_s": time.perf_counter() - sampled}
-        if self.grpo.format_reward:
-            stats["format_rate"] = float(rewards.format_hits.mean())
-        return _Rollout(rows, tokens, counts, rewards, advantages), stats
+        informative = np.ptp(rewards.rewards.reshape(-1, group), axis=1) > 0
+        return _Rollout(rows, tokens, counts, rewards, advantages, informative,
+                        sampled - started)
 
     def update(self, state: Any, batch: _Rollout) -> tuple[Any, Any]:
         """Log-probs of the sampled rows, then the policy update."""
