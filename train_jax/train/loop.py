@@ -9,24 +9,19 @@ learning-rate schedule's length is fixed after timing the first steps (`schedule
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 
 from train_jax.config.run_config import RunConfig
-from train_jax.train.budget_probe import BudgetProbe
-from train_jax.train.budget_refit import BudgetRefit, timed_work
+from train_jax.train.budgeted_loop import BudgetedLoop
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.flops import peak_flops, train_flops_per_token
-from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.run_control import (
     CHECKPOINT_DIR,
@@ -34,9 +29,6 @@ from train_jax.train.run_control import (
     RunResult,
     StopFlag,
     planned_steps,
-    progress_bar,
-    report_step,
-    set_bar_total,
     write_resolved_config,
 )
 from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
@@ -112,8 +104,11 @@ def train(cfg: RunConfig, *, clock: Callable[[], float] = time.perf_counter) -> 
     return result
 
 
-class _Loop:
-    """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
+class _Loop(BudgetedLoop):
+    """The supervised step loop: next-token loss, MFU, validation loss (per source of a
+    mixture) and the task metric."""
+
+    bar_keys = ("loss", "val_loss", "tokens_per_s")
 
     def __init__(self, cfg: RunConfig, planned: PlannedState, steps: StepFunctions,
                  feed: BatchFeed, checkpointer: TrainCheckpointer,
@@ -121,17 +116,22 @@ class _Loop:
                  train_shape: tuple[int, int, int], flops_per_step: float, peak: float,
                  task_metric: Any = None, *, clock: Callable[[], float] = time.perf_counter,
                  steps_for: Callable[[SchedulePlan], StepFunctions] | None = None):
-        self.cfg, self.planned, self.steps, self.feed = cfg, planned, steps, feed
-        self.checkpointer, self.metrics, self.val_sets = checkpointer, metrics, val_sets
+        super().__init__(cfg, planned, steps, feed, checkpointer, metrics, steps_for=steps_for,
+                         clock=clock)
+        self.val_sets, self.task_metric = val_sets, task_metric
         self.train_shape, self.flops_per_step, self.peak = train_shape, flops_per_step, peak
         self.shardings = steps.batch_shardings(train_shape)
-        self.config_dict = cfg.to_dict()
-        self.task_metric = task_metric
-        self.clock, self.steps_for = clock, steps_for
 
-    @property
-    def total_steps(self) -> int:
-        return self.planned.plan.total_steps
+    def train_once(self, state: Any, host_batch: dict[str, np.ndarray]) -> tuple[Any, Any]:
+        return self.steps.train_step(state, put_batch(host_batch, self.shardings,
+                                                      self.train_shape))
+
+    def logged_values(self, host: dict[str, Any], elapsed: float, steps: int,
+                      tokens: int) -> dict[str, float]:
+        return {"loss": float(host["loss"]), "lr": float(host["lr"]),
+                "grad_norm": float(host["grad_norm"]),
+                "tokens_per_s": tokens * jax.process_count() / elapsed,
+                "mfu": self.flops_per_step * steps / elapsed / self.peak}
 
     def evaluate(self, state: Any) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -147,91 +147,3 @@ class _Loop:
         if self.task_metric is not None:
             out.update(self.task_metric(state))
         return out
-
-    def save(self, state: Any, values: dict[str, Any]) -> None:
-        self.checkpointer.save(state, self.planned.get_state(), self.config_dict, values)
-
-    def rebuild(self, plan: SchedulePlan) -> None:
-        """Take the train step of `plan` (the eval step, already compiled, stays)."""
-        if self.steps_for is not None:
-            fresh = self.steps_for(plan)
-            self.steps = dataclasses.replace(self.steps, train_step=fresh.train_step, tx=fresh.tx)
-
-    def save_committed(self, state: Any, values: dict[str, Any]) -> None:
-        self.save(state, values)
-        self.checkpointer.wait()
-
-    def run(self, state: Any, stop: StopFlag) -> RunResult:
-        cfg = self.cfg.train
-        step = int(jax.device_get(state["step"]))
-        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = self.clock()
-        probe = (None if self.planned.plan.is_fixed else
-                 BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
-        refit: BudgetRefit | None = None  # once the probe has fixed the length
-        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, self.total_steps)
-        window_start, window_steps, window_tokens = self.clock(), 0, 0
-        last_saved, last_loss, last_eval = step, None, step
-        heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
-        values: dict[str, Any] = {}  # the row logged at the latest step
-        while step < self.total_steps and stop.signum is None:
-            if self.clock() - started > budget_s:
-                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
-                            step)
-                break
-            host_batch = self.feed.next()
-            window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))
-            batch = put_batch(host_batch, self.shardings, self.train_shape)
-            state, step_metrics = self.steps.train_step(state, batch)
-            heap.after_step()
-            step += 1
-            window_steps += 1
-            values = {}
-            if probe is not None and probe.timed(step_metrics):
-                plan, values, saved = probe.fix(step, partial(self.evaluate, state),
-                                                partial(self.save_committed, state))
-                self.rebuild(plan)
-                last_eval = step if self.cfg.eval.every else last_eval
-                last_saved = step if saved else last_saved
-                refit, probe = BudgetRefit.after(probe, step), None
-                set_bar_total(bar, plan.total_steps)
-            total = self.total_steps
-            if step % cfg.log_every == 0 or step == total or step == 1:
-                host = jax.device_get(step_metrics)
-                elapsed = self.clock() - window_start
-                last_loss = float(host["loss"])
-                values.update({"loss": last_loss, "lr": float(host["lr"]),
-                               "grad_norm": float(host["grad_norm"]),
-                               "tokens_per_s": window_tokens * jax.process_count() / elapsed,
-                               "mfu": self.flops_per_step * window_steps / elapsed / self.peak,
-                               "epoch": round(float(getattr(self.feed.iterator, "epoch", 0.0)),
-                                              4)})
-                window_start, window_steps, window_tokens = self.clock(), 0, 0
-            every = self.cfg.eval.every
-            if every and (step % every == 0 or step == total) and last_eval != step:
-                values.update(timed_work(refit, "eval", partial(self.evaluate, state)))
-                last_eval = step
-            if refit is not None and (plan := refit.refit(step, state)) is not None:
-                self.rebuild(plan)
-                set_bar_total(bar, plan.total_steps)
-            if values:  # the schedule's length, in the first row logged after it is fixed
-                values.update(self.planned.unlogged_metrics())
-            report_step(self.metrics, bar, step, values, ("loss", "val_loss", "tokens_per_s"))
-            if step % self.cfg.checkpoint.every == 0 and last_saved != step:
-                timed_work(refit, "save", partial(self.save, state, values))
-                last_saved = step
-        if bar is not None:
-            bar.close()
-        total = self.total_steps
-        if step != last_saved:
-            # The last step's own evaluation, when it had one, ranks its checkpoint: without
-            # it the final step could never be the best one.
-            final: dict[str, Any] = values if last_eval == step else {}
-            if stop.signum is None and self.cfg.eval.every and last_eval != step:
-                final = self.evaluate(state)  # a budget stop still gets ranked and logged
-                if final:
-                    self.metrics.log(step, final)
-            self.save(state, final)
-        self.checkpointer.wait()
-        logger.info("stopped at step %d of %d", step, total)
-        return RunResult(step, stop.signum, last_loss, total)

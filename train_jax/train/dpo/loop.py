@@ -10,12 +10,9 @@ it like any run). Each logged step writes `loss`, `reward_margin`, `accuracy`, `
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import jax
@@ -23,22 +20,14 @@ import numpy as np
 
 from train_jax.config.loading import ConfigError
 from train_jax.config.run_config import RunConfig
-from train_jax.train.budget_probe import BudgetProbe
-from train_jax.train.budget_refit import BudgetRefit, timed_work
+from train_jax.train.budgeted_loop import BudgetedLoop
 from train_jax.train.checkpointing import TrainCheckpointer
 from train_jax.train.data_feed import BatchFeed, validation_batches
 from train_jax.train.dpo.plots import plot_dpo_curves
 from train_jax.train.dpo.step import SUM_KEYS, DpoSteps, build_dpo_steps
-from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.partition import PureTree
-from train_jax.train.run_control import (
-    RunResult,
-    StopFlag,
-    progress_bar,
-    report_step,
-    set_bar_total,
-)
+from train_jax.train.run_control import RunResult, StopFlag
 from train_jax.train.run_setup import open_outputs, restore_latest, settle_plan, start_run
 from train_jax.train.schedule_plan import PlannedState, SchedulePlan, starting_plan
 from train_jax.train.step import init_state, place, put_batch
@@ -105,20 +94,30 @@ def train_dpo(cfg: RunConfig, *, clock: Callable[[], float] = time.perf_counter)
     return result
 
 
-class DpoLoop:
-    """The step loop: train, log, evaluate, checkpoint; stops on budget, steps or signal."""
+class DpoLoop(BudgetedLoop):
+    """The DPO step loop: the preference step against the reference, its validation means."""
+
+    bar_name = "dpo"
+    bar_keys = ("loss", "reward_margin", "accuracy", "val_loss")
 
     def __init__(self, cfg: RunConfig, planned: PlannedState, steps: DpoSteps,
                  reference: PureTree, feed: BatchFeed, checkpointer: TrainCheckpointer,
                  metrics: MetricsLogger, val_sets: list[dict[str, np.ndarray]],
                  steps_for: Any = None, clock: Callable[[], float] = time.perf_counter):
-        self.cfg, self.planned, self.steps, self.reference = cfg, planned, steps, reference
-        self.steps_for = steps_for  # SchedulePlan -> DpoSteps, for the budget-fixed length
-        self.clock = clock
-        self.feed, self.checkpointer, self.metrics, self.val_sets = (feed, checkpointer, metrics,
-                                                                     val_sets)
+        super().__init__(cfg, planned, steps, feed, checkpointer, metrics, steps_for=steps_for,
+                         clock=clock)
+        self.reference, self.val_sets = reference, val_sets
         self.shardings = steps.batch_shardings(steps.batch_shape)
-        self.config_dict = cfg.to_dict()
+
+    def train_once(self, state: Any, host_batch: dict[str, np.ndarray]) -> tuple[Any, Any]:
+        batch = put_batch(host_batch, self.shardings, self.steps.batch_shape)
+        return self.steps.train_step(state, self.reference, batch)
+
+    def logged_values(self, host: dict[str, Any], elapsed: float, steps: int,
+                      tokens: int) -> dict[str, float]:
+        values = {k: float(host[k]) for k in (*SUM_KEYS, "lr", "grad_norm")}
+        values["tokens_per_s"] = tokens * jax.process_count() / elapsed
+        return values
 
     def evaluate(self, state: Any) -> dict[str, float]:
         """Validation means over the pairs of every source (`val_loss`, `val_accuracy`, ...)."""
@@ -134,94 +133,3 @@ class DpoLoop:
                 totals[key] += float(sums[key])
         pairs = max(totals["pairs"], 1.0)
         return {f"val_{k}": totals[k] / pairs for k in VAL_KEYS}
-
-    @property
-    def total_steps(self) -> int:
-        return self.planned.plan.total_steps
-
-    def save(self, state: Any, values: dict[str, Any]) -> None:
-        self.checkpointer.save(state, self.planned.get_state(), self.config_dict, values)
-
-    def save_committed(self, state: Any, values: dict[str, Any]) -> None:
-        self.save(state, values)
-        self.checkpointer.wait()
-
-    def fix_schedule(self, probe: BudgetProbe, state: Any, step: int) -> tuple[dict, bool]:
-        """The time budget's length fixed after the timed steps; the train step rebuilt."""
-        plan, values, saved = probe.fix(step, partial(self.evaluate, state),
-                                        partial(self.save_committed, state))
-        self.rebuild(plan)
-        return values, saved
-
-    def rebuild(self, plan: SchedulePlan) -> None:
-        """Take the train step of `plan` (the eval step, already compiled, stays)."""
-        if self.steps_for is not None:
-            fresh = self.steps_for(plan)
-            self.steps = dataclasses.replace(self.steps, train_step=fresh.train_step, tx=fresh.tx)
-
-    def run(self, state: Any, stop: StopFlag) -> RunResult:
-        cfg = self.cfg.train
-        step = int(jax.device_get(state["step"]))
-        total, every = self.total_steps, self.cfg.eval.every
-        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = window_start = self.clock()
-        probe = (None if self.planned.plan.is_fixed else
-                 BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
-        refit: BudgetRefit | None = None  # once the probe has fixed the length
-        bar = progress_bar(cfg.progress and jax.process_index() == 0, step, total, "dpo")
-        window_tokens, last_saved, last_loss, last_eval = 0, step, None, step
-        heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
-        values: dict[str, Any] = {}  # the row logged at the latest step
-        while step < total and stop.signum is None:
-            if self.clock() - started > budget_s:
-                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
-                            step)
-                break
-            host_batch = self.feed.next()
-            window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))
-            batch = put_batch(host_batch, self.shardings, self.steps.batch_shape)
-            state, step_metrics = self.steps.train_step(state, self.reference, batch)
-            heap.after_step()
-            step += 1
-            values = {}
-            if probe is not None and probe.timed(step_metrics):
-                values, saved = self.fix_schedule(probe, state, step)
-                last_eval = step if every else last_eval
-                last_saved = step if saved else last_saved
-                refit, probe, total = BudgetRefit.after(probe, step), None, self.total_steps
-                set_bar_total(bar, total)
-            if step % cfg.log_every == 0 or step == total or step == 1:
-                host = jax.device_get(step_metrics)
-                elapsed = self.clock() - window_start
-                values.update({k: float(host[k]) for k in (*SUM_KEYS, "lr", "grad_norm")})
-                values["tokens_per_s"] = window_tokens * jax.process_count() / elapsed
-                values["epoch"] = round(float(getattr(self.feed.iterator, "epoch", 0.0)), 4)
-                last_loss = values["loss"]
-                window_start, window_tokens = self.clock(), 0
-            if every and (step % every == 0 or step == total) and last_eval != step:
-                values.update(timed_work(refit, "eval", partial(self.evaluate, state)))
-                last_eval = step
-            if refit is not None and (plan := refit.refit(step, state)) is not None:
-                self.rebuild(plan)
-                total = plan.total_steps
-                set_bar_total(bar, total)
-            if values:  # the schedule's length, in the first row logged after it is fixed
-                values.update(self.planned.unlogged_metrics())
-            report_step(self.metrics, bar, step, values, ("loss", "reward_margin", "accuracy", "val_loss"))
-            if step % self.cfg.checkpoint.every == 0 and last_saved != step:
-                timed_work(refit, "save", partial(self.save, state, values))
-                last_saved = step
-        if bar is not None:
-            bar.close()
-        if step != last_saved:
-            # The last step's own evaluation, when it had one, ranks its checkpoint: without
-            # it the final step could never be the best one.
-            final: dict[str, Any] = values if last_eval == step else {}
-            if stop.signum is None and every and last_eval != step:
-                final = self.evaluate(state)  # a budget stop still gets ranked and logged
-                if final:
-                    self.metrics.log(step, final)
-            self.save(state, final)
-        self.checkpointer.wait()
-        logger.info("stopped at step %d of %d", step, total)
-        return RunResult(step, stop.signum, last_loss, total)
