@@ -64,7 +64,8 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, Path]]:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    """Validated `ServeSettings` from parsed flags (folders are checked to exist)."""
+    """Validated `ServeSettings` from parsed flags (folders are checked to exist, and a
+    --tool-call-parser to be one of vLLM's: before any engine starts)."""
     main_dir = check_model_dir(args.model)
     main_name = args.name or main_dir.resolve().name
     models = [ModelSource(main_name, main_dir)]
@@ -72,9 +73,22 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
                for name, path in _pairs(args.extra_model, "--extra-model")]
     loras = [LoraSource(name, check_lora_dir(path), base=main_name)
              for name, path in _pairs(args.lora, "--lora")]
-    return ServeSettings(models=tuple(models), loras=tuple(loras),
-                         api_key=resolve_api_key(args.api_key),
-                         **flag_values(args, settings_flags()))
+    settings = ServeSettings(models=tuple(models), loras=tuple(loras),
+                             api_key=resolve_api_key(args.api_key),
+                             **flag_values(args, settings_flags()))
+    if settings.tool_call_parser is not None:
+        check_tool_call_parser(settings.tool_call_parser)
+    return settings
+
+
+def check_tool_call_parser(name: str) -> None:
+    """`ServeConfigError` (one line, listing the valid names) unless vLLM has parser `name`."""
+    try:
+        from serve.vllm_tools import check_parser_name
+    except ImportError as exc:  # vLLM missing: the server could not run anyway
+        raise ServeConfigError(f"--tool-call-parser needs vLLM, which cannot be imported: "
+                               f"{exc}") from exc
+    check_parser_name(name)
 
 
 def run(args: argparse.Namespace, engine_factory: EngineFactory | None = None) -> int:

@@ -7,7 +7,7 @@ sequence; the handlers fan out `n` choices and batched prompts into several requ
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -86,14 +86,16 @@ class ModelCard:
 
 
 # A structured-output constraint, as vLLM's `StructuredOutputsParams` names them.
-StructuredKind = Literal["json", "regex", "choice", "grammar", "json_object"]
+StructuredKind = Literal["json", "regex", "choice", "grammar", "json_object", "structural_tag"]
 
 
 @dataclass(frozen=True)
 class StructuredOutput:
     """Constrain the output to `value`: a JSON schema (dict) for "json", a pattern for "regex",
     a tuple of strings for "choice", an EBNF/Lark grammar for "grammar", True for
-    "json_object". `param` is the request field it came from, for error messages."""
+    "json_object", a structural tag's JSON text for "structural_tag" (only ever asked for by a
+    tool-call parser, see `ToolCallParsing`). `param` is the request field it came from, for
+    error messages."""
 
     kind: StructuredKind
     value: Any
@@ -131,7 +133,9 @@ class SamplingOptions:
 
     `logprobs`: return the log-probability of each generated token and its `logprobs` best
     candidates (None: none); `prompt_logprobs`: the same for every prompt token;
-    `structured`: constrain the output (decoded by the engine's structured-output backend).
+    `structured`: constrain the output (decoded by the engine's structured-output backend);
+    `skip_special_tokens`, `spaces_between_special_tokens`: how the output is detokenised (a
+    tool-call parser may need the special tokens in the text).
     """
 
     max_tokens: int
@@ -145,6 +149,8 @@ class SamplingOptions:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,9 +167,10 @@ class GenerationRequest:
 class GenerationDelta:
     """Text produced since the previous delta of the same request.
 
-    `num_new_tokens` counts the tokens behind `text`; the last delta carries `finish_reason`.
-    `logprobs` has one entry per new token when the request asked for them;
-    `prompt_logprobs` (one entry per prompt token) comes once, with the first delta.
+    `num_new_tokens` counts the tokens behind `text` (`token_ids`, when the engine reports
+    them); the last delta carries `finish_reason`. `logprobs` has one entry per new token when
+    the request asked for them; `prompt_logprobs` (one entry per prompt token) comes once, with
+    the first delta.
     """
 
     text: str
@@ -171,6 +178,83 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """A chat request with `tool_choice: "auto"`, as a tool-call parser reads it: the messages
+    and tools as the chat template received them, the prompt they made, and the request's own
+    output constraint (None: unconstrained)."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...]
+    prompt_token_ids: tuple[int, ...]
+    parallel_tool_calls: bool | None = None
+    structured: StructuredOutput | None = None
+
+
+@dataclass(frozen=True)
+class ParsedToolCall:
+    """One call the parser found: the function's name and its arguments as JSON text; `id`
+    is the parser's (None: the server makes one)."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """A whole output, parsed: the text that is not a call (None: none) and the calls."""
+
+    content: str | None
+    calls: tuple[ParsedToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed call `index`: its id and name come once, the arguments' JSON text
+    in pieces."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedDelta:
+    """What one streamed piece of output adds: text and/or pieces of calls."""
+
+    content: str | None = None
+    calls: tuple[ToolCallDelta, ...] = ()
+
+
+class ToolCallParser(Protocol):
+    """Reads the model's own tool-call syntax out of ONE choice's output; it keeps state while
+    streaming, so every choice gets its own."""
+
+    def parse(self, text: str, token_ids: Sequence[int]) -> ParsedOutput:
+        """The content and calls of a whole output."""
+        ...
+
+    def parse_delta(self, text: str, token_ids: Sequence[int], *,
+                    finished: bool) -> ParsedDelta | None:
+        """What the next streamed piece adds (None: nothing to send yet); `finished` on the
+        last piece."""
+        ...
+
+
+@dataclass(frozen=True)
+class ToolCallParsing:
+    """How one `tool_choice: "auto"` request is generated and read back: the constraint and
+    detokenisation the parser asks for, and `new_parser()` for each choice."""
+
+    structured: StructuredOutput | None
+    skip_special_tokens: bool
+    spaces_between_special_tokens: bool
+    new_parser: Callable[[], ToolCallParser]
 
 
 @dataclass(frozen=True)
@@ -201,6 +285,11 @@ class Engine(Protocol):
                           tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """The prompt text `model`'s chat template makes of `messages` (and the function
         `tools` the model may call), ready for generation."""
+        ...
+
+    async def tool_call_parsing(self, model: str, request: ToolCallRequest) -> ToolCallParsing:
+        """The tool-call parser the engine was started with, set up for `request` (raises
+        `InvalidGenerationError` naming `tool_choice` if it has none)."""
         ...
 
     async def check(self, request: GenerationRequest) -> None:

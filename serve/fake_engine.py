@@ -9,8 +9,11 @@ Log-probabilities are made up but consistent: the token " w<k>" has id k and log
 -(k % 5 + 1) / 2, its candidates are ids k, k+1, ... with falling log-probabilities. A
 structured output is "followed" as far as route tests need: a `choice` yields its first
 option; `reply` (settable) is the text of every generation when not None, e.g. the JSON a
-test wants the model to answer. Its `check` refuses a regex Python cannot compile and a
-grammar without a ``::=`` rule, standing in for vLLM's backend. LoRA adapters load when their
+test wants the model to answer (each delta reports the token id its logprobs name). With
+`tool_parser` (settable) given, `tool_call_parsing` hands requests to it: route tests give it
+a real vLLM parser (`serve.vllm_tools`) on a tokenizer of their own. Its `check` refuses a
+regex Python cannot compile and a grammar without a ``::=`` rule, standing in for vLLM's
+backend. LoRA adapters load when their
 `adapter_config.json` targets only modules of `LORA_MODULES` (standing in for vLLM's check that
 an adapter fits its base); a loaded adapter generates what its base does.
 """
@@ -22,7 +25,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,8 @@ from serve.engine import (
     LoraAdapterError,
     ModelCard,
     TokenLogprob,
+    ToolCallParsing,
+    ToolCallRequest,
     TopLogprob,
     UnknownLoraError,
     find_model,
@@ -76,6 +81,9 @@ class FakeEngine:
         self.closed = False
         self.reply: str | None = None
         self.rendered_tools: list[Sequence[Mapping[str, Any]] | None] = []
+        # (model, request) -> ToolCallParsing; None: started without a tool-call parser.
+        self.tool_parser: Callable[[str, ToolCallRequest], ToolCallParsing] | None = None
+        self.tool_requests: list[ToolCallRequest] = []
         self.lora_paths: dict[str, str] = {}  # adapters loaded at run time: name -> folder
         self._active: dict[str, asyncio.Event] = {}
 
@@ -105,6 +113,14 @@ class FakeEngine:
         if spec.kind == "grammar" and "::=" not in spec.value:
             raise InvalidGenerationError("Invalid grammar specification: no rule ('::=')",
                                          spec.param)
+
+    async def tool_call_parsing(self, model: str, request: ToolCallRequest) -> ToolCallParsing:
+        find_model(self, model)
+        if self.tool_parser is None:
+            raise InvalidGenerationError("the server was started without --tool-call-parser",
+                                         "tool_choice")
+        self.tool_requests.append(request)
+        return self.tool_parser(model, request)
 
     async def render_chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
                           tools: Sequence[Mapping[str, Any]] | None = None) -> str:
@@ -149,7 +165,7 @@ class FakeEngine:
                     if cut >= 0:
                         # The stop string is not part of the output (OpenAI semantics).
                         kept = text[:cut][len(text) - len(piece):]
-                        yield GenerationDelta(kept, 1, "stop")
+                        yield GenerationDelta(kept, 1, "stop", token_ids=(token_id,))
                         return
                 done = (self.eos_after is not None and not sampling.ignore_eos
                         and step + 1 >= self.eos_after)
@@ -158,7 +174,7 @@ class FakeEngine:
                 reason = "stop" if done else ("length" if last else None)
                 logprobs = None if sampling.logprobs is None else \
                     (_logprob(token_id, piece, sampling.logprobs),)
-                yield GenerationDelta(piece, 1, reason, logprobs)
+                yield GenerationDelta(piece, 1, reason, logprobs, token_ids=(token_id,))
                 if done:
                     return
         finally:

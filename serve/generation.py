@@ -35,6 +35,7 @@ class ChoiceDelta:
     finish_reason: str | None
     logprobs: tuple[TokenLogprob, ...] | None = None
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -144,7 +145,7 @@ class GenerationRun:
             if delta.finish_reason == "abort":
                 self.summary.outcome = "aborted"
         return ChoiceDelta(index, delta.text, k, delta.finish_reason, delta.logprobs,
-                           delta.prompt_logprobs)
+                           delta.prompt_logprobs, delta.token_ids)
 
     async def _merged(self) -> AsyncIterator[tuple[int, str, GenerationDelta]]:
         queue: asyncio.Queue[tuple[int, str, GenerationDelta | BaseException | None]] = \

@@ -419,8 +419,19 @@ class ChatCompletionResponse(BaseModel):
     prompt_logprobs: PromptLogprobs | None = None
 
 
-class DeltaToolCall(ToolCall):
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None  # a piece of the arguments' JSON text
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed piece of call `index`: `id`, `type` and the function's name come with its
+    first piece, the arguments in one or more pieces."""
+
     index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
 
 
 class DeltaMessage(BaseModel):

@@ -45,6 +45,8 @@ _TOOLS = "the deprecated function-calling fields are not supported; use 'tools'"
 _TOOL_TURNS = "tool-call turns in the conversation are not supported yet"
 _LOGPROBS = "not supported yet"
 _NO_EFFECT = "accepted; it changes nothing this server returns"
+_SPECIAL = ("special tokens are skipped (tool_choice auto keeps them when the tool-call parser "
+            "reads them)")
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,11 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _ok("tools", _CHAT, "openai",
         "function definitions; each 'parameters' must be a valid JSON schema"),
     _ok("tool_choice", _CHAT, "openai",
-        "none, required or a named function (forced by a JSON-schema structured output); "
-        "auto is a 400: this server has no model-specific tool parser"),
+        "none, required or a named function (forced by a JSON-schema structured output); auto "
+        "(the default with tools): the model's own tool-call syntax read by vLLM's parser named "
+        "by --tool-call-parser, a 400 when the server was started without it"),
     _ok("parallel_tool_calls", _CHAT, "openai",
-        "false: tool_choice required makes exactly one call"),
+        "false: tool_choice required makes exactly one call; auto returns the first call only"),
     _no("echo", _CHAT, "vllm", "echoing the last message is not supported", True, False),
     _no("functions", _CHAT, "openai", _TOOLS, [{"name": "f"}], []),
     _no("function_call", _CHAT, "openai", _TOOLS, "auto", "none"),
@@ -156,9 +159,8 @@ FIELD_TABLE: tuple[FieldRule, ...] = (
     _no("min_tokens", _BOTH, "vllm", _NOT_YET, 4, 0),
     _no("stop_token_ids", _BOTH, "vllm", f"{_NOT_YET}; use 'stop' strings", [2], []),
     _no("include_stop_str_in_output", _BOTH, "vllm", _NOT_YET, True, False),
-    _no("skip_special_tokens", _BOTH, "vllm", "special tokens are always skipped", False, True),
-    _no("spaces_between_special_tokens", _BOTH, "vllm", "special tokens are always skipped",
-        False, True),
+    _no("skip_special_tokens", _BOTH, "vllm", _SPECIAL, False, True),
+    _no("spaces_between_special_tokens", _BOTH, "vllm", _SPECIAL, False, True),
     _no("bad_words", _BOTH, "vllm", _NOT_YET, ["x"], []),
     _no("allowed_token_ids", _BOTH, "vllm", _NOT_YET, [1, 2]),
     _no("truncate_prompt_tokens", _BOTH, "vllm", "prompts are never truncated: shorten them",

@@ -88,6 +88,12 @@ class ServeSettings:
     max_lora_rank: int = field(default=16, metadata={"help": "largest LoRA rank accepted"})
     max_loras: int = field(
         default=4, metadata={"help": "LoRA adapters a base model's engine batches at once"})
+    tool_call_parser: str | None = field(
+        default=None, metadata={
+            "help": "vLLM's tool-call parser for the models' own tool-call syntax, e.g. hermes "
+                    "(as vllm serve --enable-auto-tool-choice --tool-call-parser NAME): enables "
+                    "tool_choice 'auto'",
+            "default_text": "none; tool_choice 'auto' is then a 400"})
     log_prompts: bool = field(
         default=False, metadata={"help": "include prompt text in the per-request log line"})
     drain_timeout_s: float = field(
@@ -132,6 +138,8 @@ class ServeSettings:
             raise ServeConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
         if self.drain_timeout_s < 0:
             raise ServeConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.tool_call_parser is not None and not self.tool_call_parser.strip():
+            raise ServeConfigError("tool_call_parser must not be empty")
         if self.api_key is not None and not self.api_key.strip():
             raise ServeConfigError("api_key must not be empty")
 

@@ -30,6 +30,8 @@ from serve.engine import (
     LoraAdapterError,
     ModelCard,
     TokenLogprob,
+    ToolCallParsing,
+    ToolCallRequest,
     UnknownLoraError,
     UnknownModelError,
     find_model,
@@ -45,8 +47,9 @@ from serve.kv_cache import (
     start_failure,
     weights_bytes,
 )
-from serve.settings import LoraSource, ModelSource, ServeSettings
-from serve.vllm_params import sampling_params, token_logprobs
+from serve.settings import LoraSource, ModelSource, ServeConfigError, ServeSettings
+from serve.vllm_params import engine_dtype, sampling_params, token_logprobs
+from serve.vllm_tools import parser_class, tool_call_parsing
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class _Served:
     scheduler: _SchedulerStatsProbe
     probe: FirstTokenProbe | None = None  # built on the first constrained request
     lora: bool = False  # started with LoRA support (adapters can be loaded onto it)
+    tool_parser: type | None = None  # vLLM's `Parser` class for --tool-call-parser
 
 
 @dataclass
@@ -107,7 +111,7 @@ def engine_args_for(source: ModelSource, settings: ServeSettings, kv: KvCachePla
         "model": str(source.path),
         "tokenizer": str(source.path),
         "served_model_name": source.name,
-        "dtype": settings.dtype,
+        "dtype": engine_dtype(source.path, settings.dtype),
         "max_model_len": settings.max_model_len,
         "enforce_eager": settings.enforce_eager,
         "disable_log_stats": True,  # our probe logger still receives scheduler stats
@@ -151,6 +155,10 @@ async def _start_base(source: ModelSource, adapters: Sequence[LoraSource],
         stat_loggers=[_probe_factory(probe)])
     try:
         served = _Served(engine, engine.get_tokenizer(), probe, lora=enable_lora)
+        if settings.tool_call_parser is not None:
+            # vLLM's own start-up check: the parser must fit the tokenizer.
+            served.tool_parser = parser_class(settings.tool_call_parser, served.tokenizer,
+                                              source.name)
         config = engine.model_config
         created = int(time.time())
         card = ModelCard(source.name, max_model_len=config.max_model_len,
@@ -208,6 +216,8 @@ class VllmEngine:
             except BaseException as exc:
                 for done in bases:
                     done.engine.shutdown()
+                if isinstance(exc, ServeConfigError):  # names the flag already
+                    raise EngineStartError(str(exc)) from exc
                 if isinstance(exc, Exception):
                     raise start_failure(source.name, exc, on_cpu=on_cpu,
                                         memory=read_memory()) from exc
@@ -246,6 +256,14 @@ class VllmEngine:
         except Exception as exc:  # jinja2 errors, raise_exception() inside templates
             raise ChatTemplateRenderError(f"The chat template of '{model}' rejected the "
                                           f"messages: {exc}") from exc
+
+    async def tool_call_parsing(self, model: str, request: ToolCallRequest) -> ToolCallParsing:
+        served = self._route(model).served
+        if served.tool_parser is None:
+            raise InvalidGenerationError("the server was started without --tool-call-parser",
+                                         "tool_choice")
+        return tool_call_parsing(served.tool_parser, served.tokenizer, request, model=model,
+                                 model_config=served.engine.model_config)
 
     async def check(self, request: GenerationRequest) -> None:
         """vLLM's own request validation (`SamplingParams.verify`, which also compiles a
@@ -341,7 +359,8 @@ class VllmEngine:
                             prompt_ids, padded[:len(prompt_ids)], s.prompt_logprobs, tokenizer)
                         prompt_sent = True
                 yield GenerationDelta(completion.text, len(completion.token_ids),
-                                      _finish_reason(reason), logprobs, prompt_logprobs)
+                                      _finish_reason(reason), logprobs, prompt_logprobs,
+                                      tuple(completion.token_ids))
         except EngineDeadError as exc:
             raise EngineUnavailableError("the vLLM engine has died; restart the server") from exc
         finally:

@@ -1,5 +1,6 @@
 """Between our plain engine data and vLLM's: `SamplingOptions` -> vLLM `SamplingParams` (with
-its `StructuredOutputsParams`), and vLLM's per-position logprob dicts -> `TokenLogprob`s.
+its `StructuredOutputsParams`), vLLM's per-position logprob dicts -> `TokenLogprob`s, and our
+`--dtype` -> vLLM's `dtype`.
 
 Imported only by `serve.vllm_engine`, i.e. only when a vLLM engine runs. Constrained decoding
 is entirely vLLM's (its structured-output backend, xgrammar by default); this module only
@@ -8,7 +9,9 @@ names the constraint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from serve.engine import SamplingOptions, StructuredOutput, TokenLogprob, TopLogprob
@@ -16,6 +19,25 @@ from serve.engine import SamplingOptions, StructuredOutput, TokenLogprob, TopLog
 # vLLM reports -inf for impossible tokens; JSON has no infinity, and OpenAI (and vLLM's own
 # server) send -9999.0 instead.
 MIN_LOGPROB = -9999.0
+
+
+def engine_dtype(model_dir: Path, dtype: str) -> str:
+    """vLLM's `dtype` for serving `model_dir` with our `dtype`, where `auto` is the checkpoint's.
+
+    vLLM's own `auto` runs a float32 checkpoint in the device's first half type (bfloat16 on
+    CPUs with bf16 and on recent GPUs: `vllm/config/model.py` `_resolve_auto_dtype`, "Downcast
+    for float32 models"), so a float32 export would be served, and scored, in bfloat16. A
+    float32 checkpoint is asked for as float32; any other keeps vLLM's `auto` (its own dtype).
+    """
+    if dtype != "auto":
+        return dtype
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return dtype  # vLLM reports an unreadable folder itself, with its own message
+    # transformers 5 writes `dtype`, 4.x `torch_dtype`.
+    stored = config.get("dtype", config.get("torch_dtype"))
+    return "float32" if stored == "float32" else dtype
 
 
 def sampling_params(options: SamplingOptions) -> Any:
@@ -29,6 +51,8 @@ def sampling_params(options: SamplingOptions) -> Any:
         frequency_penalty=s.frequency_penalty, ignore_eos=s.ignore_eos,
         logprobs=s.logprobs, prompt_logprobs=s.prompt_logprobs,
         structured_outputs=structured_outputs_params(s.structured),
+        skip_special_tokens=s.skip_special_tokens,
+        spaces_between_special_tokens=s.spaces_between_special_tokens,
         output_kind=RequestOutputKind.DELTA)
 
 

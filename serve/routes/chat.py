@@ -8,17 +8,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serve.deps import EngineDep, StateDep
-from serve.engine import find_model
+from serve.engine import ToolCallRequest, find_model
 from serve.errors import InvalidRequestError, error_chunk, stream_error
 from serve.generation import GenerationRun
 from serve.logprobs import chat_logprobs, prompt_logprobs
 from serve.openapi import GENERATION_RESPONSES
 from serve.protocol import (
-    AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    DeltaToolCall,
     new_id,
     now,
 )
@@ -32,7 +30,7 @@ from serve.streaming import (
     unless_disconnected,
 )
 from serve.structured import structured_output
-from serve.tool_calls import ToolPlan, finish_reason_of, plan_tools, tool_calls_of
+from serve.tool_calls import ToolReader, plan_tools
 
 router = APIRouter(tags=["chat"])
 
@@ -56,7 +54,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     request_id = request.state.request_id = new_id("chatcmpl")
     card = find_model(engine, body.model)
     top_k = _top_logprobs(body)
-    tools = plan_tools(body)
+    tools = plan_tools(body, state.settings.tool_call_parser)
     structured = tools.constraint or structured_output(body)
     messages = [m.for_template() for m in body.messages]
     prompt_text = await engine.render_chat(body.model, messages, tools=tools.template_tools)
@@ -64,15 +62,30 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     # unless the client asks for it (vLLM's `add_special_tokens`).
     prompt_ids = await engine.encode(body.model, prompt_text,
                                      add_special_tokens=bool(body.add_special_tokens))
+    parsing = None
+    if tools.mode == "auto":
+        # The parser may ask for its own constraint and detokenisation (vLLM's adjust_request).
+        parsing = await engine.tool_call_parsing(body.model, ToolCallRequest(
+            tuple(messages), tuple(tools.template_tools or ()), tuple(prompt_ids),
+            body.parallel_tool_calls, structured))
+        structured = parsing.structured
     run = await start_run(state=state, engine=engine, request=request, body=body, card=card,
                           prompts=[prompt_ids], prompt_param="messages",
                           max_tokens=body.effective_max_tokens(), default_max_tokens=None,
                           arrival=arrival, prompt_for_log=prompt_text, logprobs=top_k,
-                          prompt_logprobs=body.prompt_logprobs, structured=structured)
+                          prompt_logprobs=body.prompt_logprobs, structured=structured,
+                          tool_parsing=parsing)
+    try:  # one parser per choice: they keep state while streaming
+        parsers = None if parsing is None else \
+            [parsing.new_parser() for _ in range(run.num_choices)]
+    except BaseException:
+        await run.close()
+        raise
+    reader = ToolReader(tools, parsers, body.parallel_tool_calls)
     created = now()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SSEResponse(_stream(run, request_id, created, include_usage, top_k, tools),
+        return SSEResponse(_stream(run, request_id, created, include_usage, top_k, reader),
                            on_close=run.close, headers={"X-Request-Id": request_id})
     try:
         result = await unless_disconnected(request, collect(run))
@@ -80,7 +93,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
         return client_closed_response()
     finally:
         await run.close()
-    choices = [_choice(i, result, top_k, tools) for i in range(run.num_choices)]
+    choices = [_choice(i, result, top_k, reader) for i in range(run.num_choices)]
     given = result.prompt_logprobs.get(0)
     response = ChatCompletionResponse(
         id=request_id, created=created, model=card.name, choices=choices, usage=usage_of(run),
@@ -89,22 +102,17 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     return JSONResponse(response.model_dump(), headers={"X-Request-Id": request_id})
 
 
-def _choice(i: int, result: Collected, top_k: int | None, tools: ToolPlan) -> ChatChoice:
-    text = result.text(i)
-    calls = tool_calls_of(tools, text)
-    message = AssistantMessage(content=None, tool_calls=calls) if calls else \
-        AssistantMessage(content=text)
+def _choice(i: int, result: Collected, top_k: int | None, reader: ToolReader) -> ChatChoice:
+    message, reason = reader.message(i, result.text(i), result.token_ids.get(i, []),
+                                     result.finish.get(i))
     logprobs = None if top_k is None else chat_logprobs(result.logprobs.get(i, []), top_k)
-    return ChatChoice(index=i, message=message, logprobs=logprobs,
-                      finish_reason=finish_reason_of(tools, calls, result.finish.get(i)))
+    return ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=reason)
 
 
 async def _stream(run: GenerationRun, request_id: str, created: int, include_usage: bool,
-                  top_k: int | None, tools: ToolPlan):
+                  top_k: int | None, reader: ToolReader):
     head = f'{{"id":"{request_id}","object":"chat.completion.chunk","created":{created},' \
            f'"model":{json.dumps(run.model)},"choices":['
-    # A forced tool call is sent whole, once its JSON is complete (no parser streams it).
-    held: dict[int, list[str]] = {}
     try:
         # OpenAI opens every choice with a role-only delta.
         for index in range(run.num_choices):
@@ -114,20 +122,10 @@ async def _stream(run: GenerationRun, request_id: str, created: int, include_usa
         async for delta in run.deltas():
             logprobs = None if top_k is None else \
                 chat_logprobs(delta.logprobs or (), top_k).model_dump()
-            reason = delta.finish_reason
-            if tools.mode != "none":
-                held.setdefault(delta.index, []).append(delta.text)
-                if reason is None:
-                    if logprobs is not None and delta.num_new_tokens:
-                        yield sse(head + json.dumps({"index": delta.index, "delta": {},
-                                                     "logprobs": logprobs,
-                                                     "finish_reason": None}) + "]}")
-                    continue
-                content, reason = _tool_delta(tools, "".join(held[delta.index]), reason)
-            else:
-                content = {"content": delta.text} if delta.text else {}
-                if not content and reason is None and not delta.num_new_tokens:
-                    continue
+            shaped = reader.delta(delta, logprobs is not None)
+            if shaped is None:
+                continue
+            content, reason = shaped
             choice = {"index": delta.index, "delta": content, "logprobs": logprobs,
                       "finish_reason": reason}
             yield sse(head + json.dumps(choice) + "]}")
@@ -137,13 +135,3 @@ async def _stream(run: GenerationRun, request_id: str, created: int, include_usa
     except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, end stream
         yield error_chunk(stream_error(exc))
     yield DONE
-
-
-def _tool_delta(tools: ToolPlan, text: str, reason: str) -> tuple[dict, str]:
-    """The final delta of a forced tool call: the calls, or the raw text if cut short."""
-    calls = tool_calls_of(tools, text)
-    if not calls:
-        return ({"content": text} if text else {}), reason
-    deltas = [DeltaToolCall(index=k, **call.model_dump()).model_dump()
-              for k, call in enumerate(calls)]
-    return {"tool_calls": deltas}, finish_reason_of(tools, calls, reason)

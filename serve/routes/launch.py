@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import Request
 
 from serve.deps import ServerState
-from serve.engine import Engine, GenerationRequest, ModelCard, StructuredOutput, TokenLogprob
+from serve.engine import (
+    Engine,
+    GenerationRequest,
+    ModelCard,
+    StructuredOutput,
+    TokenLogprob,
+    ToolCallParsing,
+)
 from serve.errors import InvalidRequestError, ServiceUnavailableError, stream_error
 from serve.generation import GenerationRun
 from serve.protocol import SamplingFields, Usage
@@ -32,15 +39,24 @@ async def start_run(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     structured: StructuredOutput | None = None,
+    tool_parsing: ToolCallParsing | None = None,
 ) -> GenerationRun:
     """Validate against the model (and the engine's own checks, e.g. its structured-output
     backend compiling the constraint), take an in-flight slot, and build the run (not
-    started). Every 400 comes before the response starts, also when streaming."""
+    started). Every 400 comes before the response starts, also when streaming.
+
+    `tool_parsing` (chat with `tool_choice: "auto"`) sets how the output is detokenised, as
+    the tool-call parser asks; its constraint comes in `structured`.
+    """
     check_prompt_tokens(prompts, card, prompt_param)
     sampling, n = build_sampling(body, card=card, longest_prompt=max(len(p) for p in prompts),
                                  max_tokens=max_tokens, default_max_tokens=default_max_tokens,
                                  max_n=state.settings.max_n, logprobs=logprobs,
                                  prompt_logprobs=prompt_logprobs, structured=structured)
+    if tool_parsing is not None:
+        sampling = replace(
+            sampling, skip_special_tokens=tool_parsing.skip_special_tokens,
+            spaces_between_special_tokens=tool_parsing.spaces_between_special_tokens)
     if body.stream_options is not None and not body.stream:
         raise InvalidRequestError("'stream_options' is only allowed with 'stream': true",
                                   param="stream_options", code="invalid_value")
@@ -63,12 +79,14 @@ def _end_user(body: SamplingFields) -> dict[str, str]:
 
 @dataclass
 class Collected:
-    """The full text and finish reason of every choice of a non-streaming request."""
+    """The full text (and token ids) and finish reason of every choice of a non-streaming
+    request."""
 
     texts: dict[int, list[str]] = field(default_factory=dict)
     finish: dict[int, str] = field(default_factory=dict)
     logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
     prompt_logprobs: dict[int, tuple[TokenLogprob, ...]] = field(default_factory=dict)
+    token_ids: dict[int, list[int]] = field(default_factory=dict)
 
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, ()))
@@ -81,6 +99,7 @@ async def collect(run: GenerationRun) -> Collected:
     try:
         async for delta in run.deltas():
             out.texts[delta.index].append(delta.text)
+            out.token_ids.setdefault(delta.index, []).extend(delta.token_ids)
             if delta.logprobs is not None:
                 out.logprobs.setdefault(delta.index, []).extend(delta.logprobs)
             if delta.prompt_logprobs is not None:

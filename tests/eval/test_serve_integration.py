@@ -1,7 +1,8 @@
 """`jaxtune eval accuracy` and `jaxtune eval latency` against a real `jaxtune serve` (vLLM).
 
-One server on the random tiny Llama of `tests/fixtures/tiny_model.py` for the whole module;
-everything runs through the `jaxtune` console script, as a user would.
+The package's one server (`tests/eval/conftest.py::tiny_server`, the random tiny Llama of
+`tests/fixtures/tiny_model.py`); everything runs through the `jaxtune` console script, as a
+user would.
 """
 
 from __future__ import annotations
@@ -9,32 +10,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from infra.pipeline.server_process import free_port, running_server
-from tests.fixtures.tiny_model import build_tiny_hf_model
 
 pytestmark = pytest.mark.vllm
 
 JAXTUNE = str(Path(sys.executable).parent / "jaxtune")
 REPO = Path(__file__).resolve().parents[2]
-SERVE_FLAGS = ("--enforce-eager", "--kv-cache-gib", "0.25", "--memory-fraction", "0.1",
-               "--max-model-len", "512")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("eval_serve")
-    model = build_tiny_hf_model(tmp / "tiny")
-    port = free_port()
-    argv = [JAXTUNE, "serve", "--model", str(model), "--name", "tiny", "--port", str(port),
-            *SERVE_FLAGS]
-    with running_server(argv, port, tmp / "serve.log", timeout_s=420,
-                        env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as url:
-        yield url
+def server(tiny_server) -> str:
+    return tiny_server.url
 
 
 def _jaxtune(*argv) -> subprocess.CompletedProcess:
