@@ -121,8 +121,11 @@ def run(args: argparse.Namespace, engine_factory: EngineFactory | None = None) -
     quiet = _DropRecords(EngineStartError.__name__)
     logging.getLogger("uvicorn.error").addFilter(quiet)
     try:
+        # log_config=None: uvicorn's own logging set-up (dictConfig) closes every handler already
+        # configured, which broke the caller's logging when serve runs in-process (the tests);
+        # its records reach the root handler instead, in jaxtune's format.
         uvicorn.run(create_app(settings, factory), host=settings.host, port=settings.port,
-                    access_log=False, log_level="info",
+                    access_log=False, log_level="info", log_config=None,
                     timeout_graceful_shutdown=max(int(settings.drain_timeout_s), 1))
     except SystemExit:  # uvicorn's exit when the app's start-up failed
         if failures:

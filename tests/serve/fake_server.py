@@ -19,6 +19,9 @@ from serve.engine import ModelCard
 from serve.fake_engine import FakeEngine
 from serve.settings import ModelSource, ServeSettings
 
+# uvicorn's default logging set-up (dictConfig) closes every handler configured before it,
+# pytest's capture handlers included, which broke the logging of every later test in the process.
+LOG_CONFIG = None
 FAKE_MODEL = "fake"
 CONTEXT = 64
 VOCAB = 1000
@@ -50,7 +53,7 @@ async def running_server(app: FastAPI) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on a free loopback port in this event loop; yield its URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+                                           log_config=LOG_CONFIG, timeout_graceful_shutdown=5))
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(500):
@@ -75,7 +78,8 @@ def serve_in_thread(app: FastAPI, *, lifespan: str = "auto") -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan,
+                                           log_config=LOG_CONFIG))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
