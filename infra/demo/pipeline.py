@@ -5,6 +5,7 @@ Stages, in order: fetch -> prepare -> baseline -> train -> export -> verify -> t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class DemoPipeline:
         self.runner = StageRunner(self.root)
         self.logs = self.root / "logs"
         self.files = TASK_FILES[settings.task]
+        self._servers = contextlib.ExitStack()  # the served tuned model, while it is needed
+        self._tuned_url: str | None = None
 
     # paths -------------------------------------------------------------------------------
     @property
@@ -111,17 +114,33 @@ class DemoPipeline:
             Stage("baseline", "serve the untuned model and evaluate it (prompted)", self._baseline),
             Stage("train", f"fine-tune for about {self.s.budget_minutes:g} minutes", self._train),
             Stage("export", "export the tuned checkpoint to a HF folder", self._export),
-            Stage("verify", "test before deploy: checkpoint vs export vs served export",
+            Stage("verify", "serve the export; test before deploy: checkpoint vs export vs served",
                   self._verify),
-            Stage("tuned", "serve the tuned model; evaluate accuracy and latency", self._tuned),
+            Stage("tuned", "evaluate the served tuned model: accuracy and latency", self._tuned),
             Stage("report", "write the report", self._report),
         ]
 
     def run(self) -> Path:
         """Run all unfinished stages; return the report path."""
         self.root.mkdir(parents=True, exist_ok=True)
-        outputs = self.runner.run_all(self.stages())
+        try:
+            outputs = self.runner.run_all(self.stages())
+        finally:
+            self._stop_tuned_server()
         return Path(outputs["report"]["report"])
+
+    def tuned_server(self) -> str:
+        """The base URL of the served tuned model, started on first use and kept until the run
+        ends: verify and the tuned evals check the same server, and a vLLM start is paid once."""
+        if self._tuned_url is None:
+            self._tuned_url = self._servers.enter_context(served_model(
+                self.tuned_dir, "tuned", self.logs / "serve_tuned.log",
+                extra_args=self.s.serve_args))
+        return self._tuned_url
+
+    def _stop_tuned_server(self) -> None:
+        self._servers.close()
+        self._tuned_url = None
 
     def _fetch(self) -> dict:
         if self.s.base_model in KNOWN_BASE_MODELS:
@@ -182,25 +201,26 @@ class DemoPipeline:
         return {"tuned_model": str(self.tuned_dir), **chosen}
 
     def _verify(self) -> dict:
-        # The task's own prompts; a failing pair stops the demo before the export is served.
+        # The task's own prompts, on the server the tuned evals then use; a failing pair stops
+        # the demo before the tuned model is scored.
         run_logged(jaxtune_command(
             "verify", "--checkpoint", str(self.run_dir / "checkpoints"), "--export",
             str(self.tuned_dir), "--task", self.s.task, "--data", str(self.files.valid),
-            "--out", str(self.verify_dir), *(f"--serve-arg={arg}" for arg in self.s.serve_args)),
-            self.logs / "verify.log")
+            "--out", str(self.verify_dir), "--base-url", self.tuned_server(),
+            "--served-model", "tuned"), self.logs / "verify.log")
         return {"verify_dir": str(self.verify_dir),
                 "passed": load_json(self.verify_dir / "verify.json")["passed"]}
 
     def _tuned(self) -> dict:
         acc_out, lat_out = self.eval_dir("tuned"), self.eval_dir("latency")
-        with served_model(self.tuned_dir, "tuned", self.logs / "serve_tuned.log",
-                          extra_args=self.s.serve_args) as url:
-            self._accuracy(url, "tuned", acc_out, self.tuned_style(), 0)
-            run_logged(jaxtune_command(
-                "eval", "latency", "--base-url", url, "--model", "tuned", "--out", str(lat_out),
-                "--concurrency", ",".join(str(c) for c in self.s.latency_concurrency),
-                "--num-requests", str(self.s.latency_requests),
-                "--output-tokens", str(self.s.latency_max_tokens)), self.logs / "eval_latency.log")
+        url = self.tuned_server()
+        self._accuracy(url, "tuned", acc_out, self.tuned_style(), 0)
+        run_logged(jaxtune_command(
+            "eval", "latency", "--base-url", url, "--model", "tuned", "--out", str(lat_out),
+            "--concurrency", ",".join(str(c) for c in self.s.latency_concurrency),
+            "--num-requests", str(self.s.latency_requests),
+            "--output-tokens", str(self.s.latency_max_tokens)), self.logs / "eval_latency.log")
+        self._stop_tuned_server()  # its memory is not needed for the report
         # The export's provenance carries the scores it was shipped with.
         add_eval_results(self.tuned_dir, "tuned", load_json(acc_out / "results.json"))
         add_eval_results(self.tuned_dir, "base_prompted",

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts taken from --task/--data (default 4)")
     parser.add_argument("--no-server", dest="serve", action="store_false",
                         help="skip the vLLM pairs (Flax vs transformers only)")
+    parser.add_argument("--base-url", metavar="URL",
+                        help="check one model on an already running server (the deployment, "
+                             "say) instead of starting one; no LoRA adapter pair")
+    parser.add_argument("--served-model", metavar="NAME",
+                        help="with --base-url: the served model to check (default: the server's "
+                             "only model)")
     parser.add_argument("--serve-arg", action="append", default=None, metavar="ARG",
                         help="extra argument for `jaxtune serve` (repeatable; replaces the "
                              "default --kv-cache-gib 1)")
@@ -62,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from infra.verify.table import render_markdown, report_json, write_outputs
 
     prompts = _prompts(args)
+    if args.base_url is None and args.served_model is not None:
+        raise ValueError("--served-model needs --base-url URL")
+    if args.base_url is not None and not args.serve:
+        raise ValueError("--base-url and --no-server contradict each other: drop one")
+    if args.base_url is not None and args.serve_arg is not None:
+        raise ValueError("--serve-arg starts a server; with --base-url none is started: drop one")
     with tempfile.TemporaryDirectory(prefix="jaxtune_verify_") as tmp:
         work = (args.out / "work") if args.out is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             prompts=prompts, work_dir=work, checkpoint=args.checkpoint, export=args.export,
             step=args.step, dtype=args.dtype, serve=args.serve,
             serve_args=tuple(args.serve_arg) if args.serve_arg is not None else DEFAULT_SERVE_ARGS,
-            top_k=args.top_k, max_new_tokens=args.max_new_tokens))
+            top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+            server_url=args.base_url, served_model=args.served_model))
     if args.out is not None:
         write_outputs(report, args.out)
     print(json.dumps(report_json(report), indent=2) if args.json else render_markdown(report), end="")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,9 @@ class VerifySettings:
     serve_args: tuple[str, ...] = DEFAULT_SERVE_ARGS
     top_k: int = 20
     max_new_tokens: int = 16
+    # A running server to check instead of starting one (the deployment, or the demo's).
+    server_url: str | None = None
+    served_model: str | None = None  # with server_url; None: the server's only model
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -66,9 +71,15 @@ def verify(settings: VerifySettings) -> VerifyReport:
     from infra.verify.flax_side import flax_logprobs
     from infra.verify.transformers_side import TransformersReference
 
+    if settings.serve and settings.server_url is not None and settings.served_model is None:
+        from infra.verify.server_side import only_served_model
+
+        # Asked first: a server that is not there fails before minutes of scoring.
+        settings = dataclasses.replace(settings,
+                                       served_model=only_served_model(settings.server_url))
     targets = resolve_targets(settings.checkpoint, settings.export, settings.work_dir,
                               step=settings.step, dtype=settings.dtype,
-                              lora_serving=settings.serve)
+                              lora_serving=settings.serve and settings.server_url is None)
     tol = tolerances_for(targets.dtype)
     reference = TransformersReference(targets.export_dir)
     ids = [reference.encode(prompt) for prompt in settings.prompts]
@@ -80,9 +91,11 @@ def verify(settings: VerifySettings) -> VerifyReport:
         rows += _server_rows(settings, targets, reference, ids, ref_lp)
     rounded = f", weights rounded to {targets.dtype}" if targets.dtype != "float32" else ""
     step = f" (step {targets.step}{rounded})" if targets.step is not None else ""
+    served = (f"{targets.export_dir} ({targets.dtype})" if settings.server_url is None
+              else f"{settings.server_url} (model {settings.served_model})")
     sources = {"flax": str(targets.flax_source) + step,
                "transformers": f"{targets.export_dir} (float32)",
-               **({"vllm": f"{targets.export_dir} ({targets.dtype})"} if settings.serve else {}),
+               **({"vllm": served} if settings.serve else {}),
                **({"vllm-lora": f"{targets.lora.base_dir} + {targets.lora.adapter_dir}"}
                   if settings.serve and targets.lora else {})}
     return VerifyReport(targets.dtype, len(ids), sum(len(row) for row in ids), sources, tuple(rows))
@@ -94,11 +107,16 @@ def _server_rows(settings: VerifySettings, targets: VerifyTargets, reference,
 
     tol = tolerances_for(targets.dtype)["server"]
     hf_text = [reference.greedy(row, settings.max_new_tokens) for row in ids]
-    served = [("vllm", MERGED)] + ([("vllm-lora", ADAPTER)] if targets.lora else [])
+    if settings.server_url is not None:
+        server = contextlib.nullcontext(settings.server_url)
+        served = [("vllm", settings.served_model)]
+    else:
+        log_path = settings.work_dir / "server.log"
+        logger.info("starting jaxtune serve (log: %s)", log_path)
+        server = verify_server(targets.export_dir, targets.lora, log_path, settings.serve_args)
+        served = [("vllm", MERGED)] + ([("vllm-lora", ADAPTER)] if targets.lora else [])
     rows: list[PairResult] = []
-    log_path = settings.work_dir / "server.log"
-    logger.info("starting jaxtune serve (log: %s)", log_path)
-    with verify_server(targets.export_dir, targets.lora, log_path, settings.serve_args) as url:
+    with server as url:
         for label, model in served:
             client = ServedModel(url, model)
             try:

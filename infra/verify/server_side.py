@@ -95,3 +95,18 @@ class ServedModel:
                     for ids in prompts]
         choices = self._complete({**body, "prompt": [list(ids) for ids in prompts]})["choices"]
         return [c["text"] for c in sorted(choices, key=lambda c: c["index"])]
+
+
+def only_served_model(base_url: str, timeout_s: float = 30.0) -> str:
+    """The one model a running server lists on /v1/models; an error naming them if not one."""
+    try:
+        response = httpx.get(f"{base_url.rstrip('/')}/v1/models", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"no server answers at {base_url}: {exc}") from None
+    if response.status_code != 200:
+        raise RuntimeError(f"{base_url}/v1/models answered HTTP {response.status_code}")
+    names = [model["id"] for model in response.json().get("data", [])]
+    if len(names) != 1:
+        raise ValueError(f"{base_url} serves {len(names)} models ({', '.join(names) or 'none'}): "
+                         f"name one with --served-model")
+    return names[0]

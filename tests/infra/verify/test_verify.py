@@ -193,3 +193,51 @@ def test_an_export_of_an_earlier_step_is_compared_with_that_step(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"jaxtune: error: --step 2, but {tmp_path / 'export'} was exported from "
                        "step 1; drop --step or pass --step 1")
+
+
+def test_base_url_checks_the_running_server_it_names(tiny, tmp_path, capsys):
+    # A server that serves other weights than the export (here the fake engine) must fail
+    # the vllm pairs: --base-url checks what is deployed, it does not start its own server.
+    from tests.serve.fake_server import FAKE_MODEL, fake_app, serve_in_thread
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello there\n")
+    with serve_in_thread(fake_app()[0]) as url:
+        code = main(["verify", "--checkpoint", str(tiny / "checkpoint"), "--export",
+                     str(tiny / "export"), "--base-url", url, "--prompts", str(prompts),
+                     "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "transformers vs vllm: max |dlogprob|" in capsys.readouterr().err
+    rows = _rows(tmp_path / "out")
+    assert rows["flax vs transformers"]["passed"] and not rows["transformers vs vllm"]["passed"]
+    sources = json.loads((tmp_path / "out" / "verify.json").read_text())["sources"]
+    assert sources["vllm"] == f"{url} (model {FAKE_MODEL})"  # the server's only model
+    assert not (tmp_path / "out" / "work" / "server.log").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--served-model", "m"], "--served-model needs --base-url URL"),
+    (["--base-url", "http://127.0.0.1:9", "--no-server"],
+     "--base-url and --no-server contradict each other: drop one"),
+    (["--base-url", "http://127.0.0.1:9", "--serve-arg=--enforce-eager"],
+     "--serve-arg starts a server; with --base-url none is started: drop one"),
+])
+def test_base_url_flag_conflicts_are_one_line_errors(tiny, extra, message, capsys):
+    assert main(["verify", "--export", str(tiny / "export"), *extra]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"jaxtune: error: {message}"
+
+
+def test_base_url_without_a_server_or_with_several_models_is_refused(tiny, capsys):
+    from infra.pipeline.server_process import free_port
+    from serve.engine import ModelCard
+    from serve.fake_engine import FakeEngine
+    from tests.serve.fake_server import fake_app, serve_in_thread
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert main(["verify", "--export", str(tiny / "export"), "--base-url", dead]) == 1
+    assert f"no server answers at {dead}" in capsys.readouterr().err
+    engine = FakeEngine((ModelCard("a", 64, 1000), ModelCard("b", 64, 1000)))
+    with serve_in_thread(fake_app(engine)[0]) as url:
+        assert main(["verify", "--export", str(tiny / "export"), "--base-url", url]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"jaxtune: error: {url} serves 2 models (a, b): name one with --served-model")
