@@ -22,7 +22,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("export",), "train_jax.convert.export_cli", "jaxtune checkpoint -> HF folder"),
     (("verify",), "infra.verify.cli", "Flax vs transformers vs served model on fixed prompts"),
     (("data", "prepare"), "train_jax.data.cli", "clean, tokenise, mask and pack a dataset"),
-    (("train",), "train_jax.train.cli", "fine-tune a model from a YAML config"),
+    (("train",), "infra.train_cli", "fine-tune a model from a YAML config"),
     (("plan",), "train_jax.train.plan_cli", "print the sharding plan and memory per device"),
     (("serve",), "serve.cli", "OpenAI-compatible server on vLLM"),
     (("eval", "accuracy"), "eval.cli_accuracy", "task accuracy against an endpoint"),

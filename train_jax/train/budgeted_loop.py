@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +28,7 @@ from train_jax.train.metrics import MetricsLogger
 from train_jax.train.run_control import (
     RunResult,
     StopFlag,
+    TimeBudget,
     progress_bar,
     report_step,
     set_bar_total,
@@ -94,10 +94,9 @@ class BudgetedLoop:
         """Train from `state`'s step to the end of the plan, the budget or a signal."""
         cfg, every = self.cfg.train, self.cfg.eval.every
         step = int(jax.device_get(state["step"]))
-        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = self.clock()
+        budget = TimeBudget(cfg.time_budget_minutes, self.clock)
         probe = (None if self.planned.plan.is_fixed else
-                 BudgetProbe(self.cfg, self.planned, self.clock, started + budget_s))
+                 BudgetProbe(self.cfg, self.planned, self.clock, budget.deadline))
         refit: BudgetRefit | None = None  # once the probe has fixed the length
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, self.total_steps,
                            self.bar_name)
@@ -106,9 +105,7 @@ class BudgetedLoop:
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         values: dict[str, Any] = {}  # the row logged at the latest step
         while step < self.total_steps and stop.signum is None:
-            if self.clock() - started > budget_s:
-                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
-                            step)
+            if budget.spent(step):
                 break
             host_batch = self.feed.next()
             window_tokens += int(np.count_nonzero(host_batch["segment_ids"]))

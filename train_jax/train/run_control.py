@@ -1,5 +1,6 @@
 """What every training loop shares around its steps: the run result, the stop flag that turns
-SIGTERM/SIGINT into "save and stop", the resolved config file and the progress bar.
+SIGTERM/SIGINT into "save and stop", the wall-clock budget, the resolved config file and the
+progress bar.
 
 The supervised loop (`loop.py`) and the objective loops (`grpo/`, `dpo/`) use these, so a run
 of any objective stops, saves and reports the same way.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -63,6 +66,27 @@ class StopFlag:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+class TimeBudget:
+    """`train.time_budget_minutes` of wall time from construction on (none: never spent)."""
+
+    def __init__(self, minutes: float | None, clock: Callable[[], float] = time.perf_counter):
+        self.minutes, self.clock = minutes, clock
+        self.started = clock()
+        self.seconds = minutes * 60 if minutes else math.inf
+
+    @property
+    def deadline(self) -> float:
+        """The clock reading at which the budget is spent."""
+        return self.started + self.seconds
+
+    def spent(self, step: int) -> bool:
+        """True once the budget is used up (logged once, with the step reached)."""
+        if self.clock() - self.started <= self.seconds:
+            return False
+        logger.info("time budget of %.1f min reached at step %d", self.minutes, step)
+        return True
 
 
 def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:

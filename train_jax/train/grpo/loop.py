@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,17 @@ from train_jax.train.grpo.plots import REWARD_PLOT_FILE, plot_reward_curve
 from train_jax.train.grpo.prompts import PromptSet, RolloutState, load_prompts, resolve_task
 from train_jax.train.grpo.rewards import RewardBatch, check_reward_metric, score_completions
 from train_jax.train.grpo.rollout import Sampler, update_rows
+from train_jax.train.grpo.rollout_engines import RolloutFn, build_rollout_engine, engine_spec
 from train_jax.train.grpo.step import GrpoSteps, build_grpo_steps
 from train_jax.train.host_memory import RETAINING_ALLOCATORS, HeapTrimmer
 from train_jax.train.metrics import PLOT_FILE, MetricsLogger, plot_loss_curve
 from train_jax.train.model_init import load_initial_model
-from train_jax.train.partition import ModelParts
+from train_jax.train.partition import ModelParts, merge_pure
 from train_jax.train.run_control import (
     CHECKPOINT_DIR,
     RunResult,
     StopFlag,
+    TimeBudget,
     progress_bar,
     report_step,
     write_resolved_config,
@@ -57,9 +60,9 @@ logger = logging.getLogger(__name__)
 def check_supported(cfg: RunConfig) -> None:
     """Raise `ConfigError` for GRPO settings this trainer cannot run."""
     grpo = cfg.objective.grpo
-    if grpo.rollout == "vllm":
-        raise ConfigError("objective.grpo.rollout=vllm is not available yet: rollouts come from "
-                          "the Flax sampler (objective.grpo.rollout=flax)")
+    if grpo.rollout != "flax" and jax.process_count() > 1:
+        raise ConfigError(f"objective.grpo.rollout={grpo.rollout} runs in one process; with "
+                          f"{jax.process_count()} processes use objective.grpo.rollout=flax")
     if len(cfg.data.sources) != 1:
         raise ConfigError("objective grpo draws its prompts from one data source; "
                           f"data.sources has {len(cfg.data.sources)}")
@@ -110,11 +113,19 @@ def train_grpo(cfg: RunConfig) -> RunResult:
     state = init_state(parts, steps.tx, trainable, frozen, steps.state_shardings)
     # The reference: the starting weights, frozen (a copy on the mesh, not the donated state).
     reference = {} if lora_reference else place(trainable, steps.reference_shardings)
+    if grpo.rollout == "flax":
+        sampler: Any = Sampler(parts, mesh, (steps.state_shardings["trainable"],
+                                             steps.state_shardings["frozen"]),
+                               rows=rows, width=prompts.width, max_new_tokens=grpo.max_new_tokens,
+                               temperature=grpo.temperature, eos_token_id=tokenizer.eos_token_id)
+    else:
+        sampler = build_rollout_engine(grpo.rollout, engine_spec(
+            grpo.rollout, initial.cfg, merge_pure(trainable, frozen), initial.assets_dir,
+            run_dir / "rollout", rows=rows, width=prompts.width,
+            max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            dtype="bfloat16" if cfg.model.dtype == "bfloat16" else "float32"))
     del trainable, frozen
-    sampler = Sampler(parts, mesh, (steps.state_shardings["trainable"],
-                                    steps.state_shardings["frozen"]),
-                      rows=rows, width=prompts.width, max_new_tokens=grpo.max_new_tokens,
-                      temperature=grpo.temperature, eos_token_id=tokenizer.eos_token_id)
 
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if is_main:
@@ -183,16 +194,17 @@ def _keep_groups(rounds: list[_Rollout], wanted: int, group: int) -> _Rollout:
 class _GrpoLoop:
     """The step loop: rollout, reward, update, log, checkpoint; stops on budget, steps, signal."""
 
-    def __init__(self, cfg: RunConfig, total: int, steps: GrpoSteps, sampler: Sampler,
+    def __init__(self, cfg: RunConfig, total: int, steps: GrpoSteps, sampler: RolloutFn,
                  prompts: PromptSet, tokenizer: Any, reference: Any, rollout_state: RolloutState,
                  checkpointer: TrainCheckpointer, metrics: MetricsLogger, pad_id: int,
-                 task_metric: Any):
+                 task_metric: Any, clock: Callable[[], float] = time.perf_counter):
         self.cfg, self.grpo, self.total, self.steps = cfg, cfg.objective.grpo, total, steps
         self.sampler, self.prompts, self.tokenizer = sampler, prompts, tokenizer
         self.reference, self.rollout_state = reference, rollout_state
         self.checkpointer, self.metrics, self.task_metric = checkpointer, metrics, task_metric
         self.padded, self.pad = left_pad(prompts.ids, prompts.width, pad_token_id=pad_id)
         self.config_dict = cfg.to_dict()
+        self.clock = clock
 
     def rollout(self, state: Any) -> tuple[_Rollout, dict[str, float]]:
         """Sample and score one batch; its reward statistics and timings.
@@ -266,17 +278,14 @@ class _GrpoLoop:
     def run(self, state: Any, stop: StopFlag) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state["step"]))
-        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-        started = time.perf_counter()
+        budget = TimeBudget(cfg.time_budget_minutes, self.clock)
         bar = progress_bar(cfg.progress and jax.process_index() == 0, step, self.total, "grpo")
         last_saved, last_loss = step, None
         heap = HeapTrimmer(cfg.host_allocator in RETAINING_ALLOCATORS)
         window: list[dict[str, float]] = []
         values: dict[str, Any] = {}  # the row logged at the latest step
         while step < self.total and stop.signum is None:
-            if time.perf_counter() - started > budget_s:
-                logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_minutes,
-                            step)
+            if budget.spent(step):
                 break
             batch, stats = self.rollout(state)
             update_start = time.perf_counter()

@@ -1,0 +1,89 @@
+"""Rollout engines other than the Flax sampler, plugged in from outside the training core.
+
+The training core imports no serving stack (the layer contracts in pyproject.toml), so an engine
+such as vLLM is registered by the layer above (`jaxtune train` in infra registers
+`objective.grpo.rollout: vllm`) and built here from a `RolloutEngineSpec`: an HF folder of the
+starting weights, the rollout's shape, and `weights(trainable, frozen)`, the current policy's
+tensors under their HF names, which the engine loads before each rollout (after each update the
+policy differs from the engine's copy).
+
+An engine is called like `grpo.rollout.Sampler`:
+`engine(trainable, frozen, prompts, pad, key) -> (tokens, counts)` as host arrays, tokens 0
+after a row's EOS and counts including the EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from train_jax.config.loading import ConfigError
+from train_jax.convert.hf_export import has_lora, hf_tensors, merge_lora, to_hf
+from train_jax.model.config import ModelConfig
+from train_jax.train.partition import PureTree, merge_pure
+
+logger = logging.getLogger(__name__)
+
+Weights = Iterator[tuple[str, np.ndarray]]
+RolloutFn = Callable[[PureTree, PureTree, np.ndarray, np.ndarray, jax.Array],
+                     tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class RolloutEngineSpec:
+    """What an engine needs to sample rollouts of the policy being trained."""
+
+    model_dir: Path  # HF folder of the starting weights (tokenizer files included)
+    rows: int  # prompts_per_step x group_size
+    width: int  # the prompts' left-padded width
+    max_new_tokens: int
+    temperature: float
+    eos_token_ids: tuple[int, ...]
+    dtype: str  # the engine's compute dtype: "float32" or "bfloat16"
+    weights: Callable[[PureTree, PureTree], Weights]  # current policy -> (HF name, array)
+
+
+EngineFactory = Callable[[RolloutEngineSpec], RolloutFn]
+_FACTORIES: dict[str, EngineFactory] = {}
+
+
+def register_rollout_engine(name: str, factory: EngineFactory) -> None:
+    """Make `objective.grpo.rollout: <name>` build its engine with `factory`."""
+    _FACTORIES[name] = factory
+
+
+def build_rollout_engine(name: str, spec: RolloutEngineSpec) -> RolloutFn:
+    """The registered engine `name` for `spec`; `ConfigError` when none is registered."""
+    if name not in _FACTORIES:
+        raise ConfigError(f"objective.grpo.rollout={name} needs its engine registered by the "
+                          f"caller (`jaxtune train` registers vllm when vLLM is installed); "
+                          f"use objective.grpo.rollout=flax")
+    return _FACTORIES[name](spec)
+
+
+def engine_spec(name: str, model_cfg: ModelConfig, start: PureTree, assets_dir: Path | None,
+                work_dir: Path, *, rows: int, width: int, max_new_tokens: int,
+                temperature: float, eos_token_id: int | list[int] | None,
+                dtype: str) -> RolloutEngineSpec:
+    """Write the starting weights (`start`, the full params tree, adapters merged) as an HF
+    folder under `work_dir` and describe the rollout for engine `name`."""
+    folder = work_dir / f"{name}_rollout_model"
+    to_hf(jax.device_get(start), model_cfg, folder, dtype="fp32", assets_from=assets_dir)
+    eos = (() if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int)
+           else tuple(eos_token_id))
+    base_cfg = model_cfg.replace(lora=None)
+
+    def weights(trainable: PureTree, frozen: PureTree) -> Weights:
+        params: Any = jax.device_get(merge_pure(trainable, frozen))
+        if has_lora(params):
+            params = merge_lora(params, model_cfg.lora)
+        return hf_tensors(params, base_cfg, "fp32")
+
+    return RolloutEngineSpec(folder, rows, width, max_new_tokens, temperature, eos, dtype,
+                             weights)
