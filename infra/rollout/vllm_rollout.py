@@ -36,15 +36,19 @@ class VllmRollout:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_CACHE_GIB)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.spec = spec
         total = spec.width + spec.max_new_tokens
         started = time.perf_counter()
+        # Eager on a CPU: torch.compile there costs over a minute of start-up for a modest
+        # decoding gain (docs/BENCHMARKS.md); on a GPU vLLM's default (compiled, CUDA graphs).
+        eager = current_platform.is_cpu()
         # Every row prefilled in one scheduler step: vLLM on CPU cannot rewind a seeded
         # request's generator after a chunked (partial) prefill, which would break exact resume.
         self.llm = LLM(model=str(spec.model_dir), dtype=spec.dtype, seed=0,
                        max_model_len=total, max_num_seqs=spec.rows,
-                       max_num_batched_tokens=spec.rows * total, enforce_eager=True)
+                       max_num_batched_tokens=spec.rows * total, enforce_eager=eager)
         logger.info("vllm rollout engine started in %.1f s (%s, %d rows of up to %d tokens)",
                     time.perf_counter() - started, spec.dtype, spec.rows, total)
         self._loaded: Any = None  # the trainable tree the engine's weights were loaded from
