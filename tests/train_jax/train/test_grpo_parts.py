@@ -117,10 +117,13 @@ def test_rollout_state_resumes_the_same_prompts_and_keys():
         RolloutState(11, 4, seed=3).set_state(saved)
 
 
-def test_vllm_rollouts_and_uneven_batches_are_refused(tmp_path):
-    cfg = run_config_from_dict(grpo_config(tmp_path, objective={"grpo": {"rollout": "vllm"}}))
-    with pytest.raises(ConfigError, match="objective.grpo.rollout=vllm is not available yet"):
-        check_supported(cfg)
+def test_unregistered_rollout_engines_and_uneven_batches_are_refused(tmp_path):
+    from train_jax.train.grpo.rollout_engines import build_rollout_engine
+
+    # The training core builds vLLM rollouts only from the engine `jaxtune train` registers.
+    with pytest.raises(ConfigError, match="objective.grpo.rollout=nope needs its engine "
+                                          "registered by the caller"):
+        build_rollout_engine("nope", None)
     cfg = run_config_from_dict(grpo_config(tmp_path, train={"micro_batches": 3, "batch_size": 6}))
     with pytest.raises(ConfigError, match="multiple of train.micro_batches"):
         check_supported(cfg)
