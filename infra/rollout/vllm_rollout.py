@@ -60,7 +60,8 @@ class VllmRollout:
         import torch
 
         started = time.perf_counter()
-        tensors = [(name, torch.from_numpy(array))
+        dtype = getattr(torch, self.spec.dtype)  # the engine's own, so nothing is re-cast there
+        tensors = [(name, torch.from_numpy(array).to(dtype))
                    for name, array in self.spec.weights(trainable, frozen)]
         self.llm.collective_rpc(_load_weights, args=(tensors,))
         self.llm.reset_prefix_cache()

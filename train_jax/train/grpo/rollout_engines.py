@@ -71,19 +71,29 @@ def engine_spec(name: str, model_cfg: ModelConfig, start: PureTree, assets_dir: 
                 work_dir: Path, *, rows: int, width: int, max_new_tokens: int,
                 temperature: float, eos_token_id: int | list[int] | None,
                 dtype: str) -> RolloutEngineSpec:
-    """Write the starting weights (`start`, the full params tree, adapters merged) as an HF
-    folder under `work_dir` and describe the rollout for engine `name`."""
-    folder = work_dir / f"{name}_rollout_model"
-    to_hf(jax.device_get(start), model_cfg, folder, dtype="fp32", assets_from=assets_dir)
-    eos = (() if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int)
-           else tuple(eos_token_id))
-    base_cfg = model_cfg.replace(lora=None)
+    """Write the starting weights (`start`, the full params tree) as an HF folder under
+    `work_dir` and describe the rollout for engine `name`.
 
-    def weights(trainable: PureTree, frozen: PureTree) -> Weights:
+    The engine's model has its own LM head even when the policy ties it to the embeddings:
+    vLLM's in-place weight reload does not reach a tied head (it kept the starting head, 0.74
+    nat off after a reload on the tiny model, where an untied one matched within 1e-6), so a
+    tied policy is handed over untied, the head a copy of the embeddings at every reload.
+    """
+    engine_cfg = model_cfg.replace(lora=None, tie_word_embeddings=False)
+
+    def engine_params(trainable: PureTree, frozen: PureTree) -> dict[str, Any]:
         params: Any = jax.device_get(merge_pure(trainable, frozen))
         if has_lora(params):
             params = merge_lora(params, model_cfg.lora)
-        return hf_tensors(params, base_cfg, "fp32")
+        if model_cfg.tie_word_embeddings:
+            params = {**params, "lm_head": {"kernel": np.asarray(
+                params["embed_tokens"]["embedding"]).T}}
+        return params
 
+    folder = work_dir / f"{name}_rollout_model"
+    to_hf(engine_params(start, {}), engine_cfg, folder, dtype="fp32", assets_from=assets_dir)
+    eos = (() if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int)
+           else tuple(eos_token_id))
     return RolloutEngineSpec(folder, rows, width, max_new_tokens, temperature, eos, dtype,
-                             weights)
+                             lambda trainable, frozen: hf_tensors(
+                                 engine_params(trainable, frozen), engine_cfg, "fp32"))
