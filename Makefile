@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # --durations: the suite's budget is ~15 minutes; the log names the tests that spend it.
+# Two workers (pytest-xdist), each taking whole files: much of the suite waits on process
+# start-up and imports (vLLM servers, jaxtune subprocesses), which overlap on two cores.
+TEST_WORKERS ?= 2
 test: setup
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q --durations=25
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q --durations=25 \
+	  -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -m slow

@@ -16,7 +16,9 @@ from tests.train_jax.train.grpo_toy import grpo_config
 from train_jax.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.vllm
+# Two `jaxtune train` processes with a vLLM engine each (~2 min on two busy cores): slow. The
+# default suite checks the weight reload itself (tests/infra/rollout/test_vllm_weight_push.py).
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def _train(tmp_path: Path, run_dir: Path, **sections) -> subprocess.CompletedProcess:
