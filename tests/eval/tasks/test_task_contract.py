@@ -19,8 +19,11 @@ GOLD_ROWS = 5
 
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch):
-    # Tasks registered by one test must not leak into the next.
-    monkeypatch.setattr(tasks, "_registered", dict(tasks._registered))
+    # Tasks registered by one test must not leak into the next, nor those other test files
+    # registered earlier in the same process (the GRPO toy task): only the built-ins loaded.
+    monkeypatch.setattr(tasks, "_registered", {name: task for name, task in
+                                               tasks._registered.items()
+                                               if name in tasks.TASK_NAMES})
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
