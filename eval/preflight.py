@@ -19,6 +19,17 @@ class ServerCheckError(ValueError):
 def check_server(config: ClientConfig) -> list[str]:
     """GET /v1/models: raise `ServerCheckError` unless the server answers and lists
     `config.model`; returns the served model names."""
+    served = served_models(config)
+    if config.model not in served:
+        raise ServerCheckError(f"the server at {config.api_base} does not serve model "
+                               f"{config.model!r} (it serves: {', '.join(served) or 'nothing'}); "
+                               "check --model")
+    return served
+
+
+def served_models(config: ClientConfig) -> list[str]:
+    """GET /v1/models: the served model names; `ServerCheckError` unless the server answers
+    with an OpenAI model list (`config.model` is not consulted)."""
     url = f"{config.api_base}/models"
     timeout = httpx.Timeout(min(config.timeout_s, 30.0), connect=config.connect_timeout_s)
     try:
@@ -44,10 +55,6 @@ def check_server(config: ClientConfig) -> list[str]:
     if served is None:
         raise ServerCheckError(f"{url} did not return an OpenAI model list; is --base-url an "
                                "OpenAI-compatible server?")
-    if config.model not in served:
-        raise ServerCheckError(f"the server at {config.api_base} does not serve model "
-                               f"{config.model!r} (it serves: {', '.join(served) or 'nothing'}); "
-                               "check --model")
     return served
 
 

@@ -71,12 +71,13 @@ def verify(settings: VerifySettings) -> VerifyReport:
     from infra.verify.flax_side import flax_logprobs
     from infra.verify.transformers_side import TransformersReference
 
-    if settings.serve and settings.server_url is not None and settings.served_model is None:
-        from infra.verify.server_side import only_served_model
+    if settings.serve and settings.server_url is not None:
+        from infra.verify.server_side import served_model_name
 
-        # Asked first: a server that is not there fails before minutes of scoring.
-        settings = dataclasses.replace(settings,
-                                       served_model=only_served_model(settings.server_url))
+        # Asked first: a server that is not there (or does not serve the model) fails before
+        # minutes of scoring.
+        settings = dataclasses.replace(settings, served_model=served_model_name(
+            settings.server_url, settings.served_model))
     targets = resolve_targets(settings.checkpoint, settings.export, settings.work_dir,
                               step=settings.step, dtype=settings.dtype,
                               lora_serving=settings.serve and settings.server_url is None)

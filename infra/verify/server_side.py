@@ -97,16 +97,17 @@ class ServedModel:
         return [c["text"] for c in sorted(choices, key=lambda c: c["index"])]
 
 
-def only_served_model(base_url: str, timeout_s: float = 30.0) -> str:
-    """The one model a running server lists on /v1/models; an error naming them if not one."""
-    try:
-        response = httpx.get(f"{base_url.rstrip('/')}/v1/models", timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"no server answers at {base_url}: {exc}") from None
-    if response.status_code != 200:
-        raise RuntimeError(f"{base_url}/v1/models answered HTTP {response.status_code}")
-    names = [model["id"] for model in response.json().get("data", [])]
-    if len(names) != 1:
-        raise ValueError(f"{base_url} serves {len(names)} models ({', '.join(names) or 'none'}): "
-                         f"name one with --served-model")
-    return names[0]
+def served_model_name(base_url: str, name: str | None) -> str:
+    """`name` once the server at `base_url` is found to serve it, or (None) the server's only
+    model; `ServerCheckError` (a ValueError) naming what to change otherwise."""
+    from eval.client import ClientConfig
+    from eval.preflight import ServerCheckError, check_server, served_models
+
+    if name is not None:
+        check_server(ClientConfig(base_url, name))
+        return name
+    served = served_models(ClientConfig(base_url, ""))
+    if len(served) != 1:
+        raise ServerCheckError(f"{base_url} serves {len(served)} models "
+                               f"({', '.join(served) or 'none'}): name one with --served-model")
+    return served[0]

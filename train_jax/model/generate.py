@@ -57,11 +57,16 @@ def left_pad(prompts: Sequence[Sequence[int]], width: int | None = None, *,
     return padded, np.asarray([width - len(p) for p in prompts], np.int32)
 
 
+def eos_ids(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """A tokenizer's or config's `eos_token_id` (one id, several, or none) as a tuple."""
+    return (() if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int)
+            else tuple(eos_token_id))
+
+
 def eos_array(eos_token_id: int | Sequence[int] | None) -> jax.Array:
     """EOS ids as a fixed-size int32 array (at least 8 entries, -1 filled) so that the set of
     stop tokens never changes the compiled shape."""
-    ids = ([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int)
-           else list(eos_token_id))
+    ids = list(eos_ids(eos_token_id))
     # -1 never matches a token.
     return jnp.asarray((ids + [-1] * 8)[: max(8, len(ids))], jnp.int32)
 

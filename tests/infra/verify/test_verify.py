@@ -235,7 +235,9 @@ def test_base_url_without_a_server_or_with_several_models_is_refused(tiny, capsy
 
     dead = f"http://127.0.0.1:{free_port()}"
     assert main(["verify", "--export", str(tiny / "export"), "--base-url", dead]) == 1
-    assert f"no server answers at {dead}" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"jaxtune: error: no server at {dead}/v1 (connection refused); start one with "
+        f"`jaxtune serve` or check --base-url")
     engine = FakeEngine((ModelCard("a", 64, 1000), ModelCard("b", 64, 1000)))
     with serve_in_thread(fake_app(engine)[0]) as url:
         assert main(["verify", "--export", str(tiny / "export"), "--base-url", url]) == 1

@@ -14,7 +14,6 @@ after a row's EOS and counts including the EOS.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,8 @@ import numpy as np
 from train_jax.config.loading import ConfigError
 from train_jax.convert.hf_export import has_lora, hf_tensors, merge_lora, to_hf
 from train_jax.model.config import ModelConfig
+from train_jax.model.generate import eos_ids
 from train_jax.train.partition import PureTree, merge_pure
-
-logger = logging.getLogger(__name__)
 
 Weights = Iterator[tuple[str, np.ndarray]]
 RolloutFn = Callable[[PureTree, PureTree, np.ndarray, np.ndarray, jax.Array],
@@ -92,8 +90,7 @@ def engine_spec(name: str, model_cfg: ModelConfig, start: PureTree, assets_dir: 
 
     folder = work_dir / f"{name}_rollout_model"
     to_hf(engine_params(start, {}), engine_cfg, folder, dtype="fp32", assets_from=assets_dir)
-    eos = (() if eos_token_id is None else (eos_token_id,) if isinstance(eos_token_id, int)
-           else tuple(eos_token_id))
-    return RolloutEngineSpec(folder, rows, width, max_new_tokens, temperature, eos, dtype,
+    return RolloutEngineSpec(folder, rows, width, max_new_tokens, temperature,
+                             eos_ids(eos_token_id), dtype,
                              lambda trainable, frozen: hf_tensors(
                                  engine_params(trainable, frozen), engine_cfg, "fp32"))
