@@ -49,6 +49,9 @@ class ModelSpec:
     param_dtype: DType = "float32"
     kernels: KernelSetting = "auto"  # auto | reference | xla_cpu | tpu | gpu
     remat: RematPolicy = "none"  # none | full | save_dots | save_qkvo
+    # One lax.scan over the decoder blocks instead of unrolled calls: the compiler keeps one
+    # block's gathered weights and temporaries alive at a time (see docs/TRAINING.md).
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.architecture is None):
@@ -324,6 +327,13 @@ class RunConfig:
             raise ConfigError("data task preference holds (prompt, chosen, rejected) pairs, "
                               f"which only objective.name=dpo trains on (got "
                               f"{self.objective.name})")
+        lora = self.method.lora if self.method.name == "lora" else None
+        if self.model.scan_layers and lora is not None and lora.dropout > 0:
+            # The layer scan rebuilds each block from its stacked state, so dropout's RNG
+            # counters would not advance between steps: the same masks every step.
+            raise ConfigError("model.scan_layers=true does not support method.lora.dropout > 0 "
+                              f"(got {lora.dropout}); set method.lora.dropout=0 or "
+                              "model.scan_layers=false")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what `config.yaml` in the run directory holds)."""

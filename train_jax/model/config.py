@@ -88,6 +88,9 @@ class ModelConfig:
     # host at construction. Training passes `resolve_backend(model.kernels)` (default auto).
     kernels: KernelBackend = "xla_cpu"
     remat: RematPolicy = "none"
+    # Run the decoder blocks as one `lax.scan` over their weights stacked per step (see
+    # `llama.scan_blocks`) instead of an unrolled Python loop.
+    scan_layers: bool = False
     lora: LoraSpec | None = None
     hf_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 

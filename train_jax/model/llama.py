@@ -22,6 +22,7 @@ from jax.ad_checkpoint import checkpoint_name
 from train_jax.model import axes
 from train_jax.model.config import LoraSpec, ModelConfig, RematPolicy
 from train_jax.model.kernels.backend import kernel_ops
+from train_jax.model.loops import scan_unroll
 from train_jax.model.rope import rope_cos_sin, rope_inv_freq
 
 # Names of the attention projections' outputs, which `remat: save_qkvo` keeps.
@@ -164,14 +165,47 @@ def _run_block(block: Block, x: jax.Array, cos: jax.Array, sin: jax.Array,
     return block(x, cos, sin, segment_ids)
 
 
+def _saved_by(policy: RematPolicy) -> Callable[..., bool] | None:
+    return {"full": None,  # only the block's inputs
+            "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+            "save_qkvo": jax.checkpoint_policies.save_only_these_names(*QKVO_NAMES)}[policy]
+
+
 def block_runner(policy: RematPolicy) -> Callable[..., jax.Array]:
     """`_run_block`, rematerialised per block as `policy` says (`config.RematPolicy`)."""
     if policy == "none":
         return _run_block
-    saved = {"full": None,  # only the block's inputs
-             "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-             "save_qkvo": jax.checkpoint_policies.save_only_these_names(*QKVO_NAMES)}[policy]
-    return nnx.remat(_run_block, policy=saved)
+    return nnx.remat(_run_block, policy=_saved_by(policy))
+
+
+def scan_blocks(blocks: nnx.List, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                segment_ids: jax.Array | None, cfg: ModelConfig) -> jax.Array:
+    """The blocks applied in order as one `lax.scan` over their stacked weights.
+
+    The same values as the unrolled loop. The weights stay stored per block (checkpoints,
+    conversion, LoRA and freezing see the same tree); they are stacked here, matrices cast to
+    the compute dtype first so the stack and its gradient cost half a weight copy in bf16.
+    In exchange the compiler sees one block body: one block's gathered (fsdp) weights and
+    temporaries are alive at a time, where an unrolled stack lets it schedule every
+    block's all-gathers early and keep them (docs/BENCHMARKS.md, AOT plan vs MaxText).
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    graphdef, first = nnx.split(blocks[0])
+    states = [first, *(nnx.split(block)[1] for block in blocks[1:])]
+
+    def stack(*leaves: jax.Array) -> jax.Array:
+        return jnp.stack([leaf.astype(dtype) if leaf.ndim == 2 else leaf for leaf in leaves])
+
+    stacked = jax.tree.map(stack, *states)
+
+    def one_block(state: nnx.State, h: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(h, cos, sin, segment_ids)
+
+    if cfg.remat != "none":
+        one_block = jax.checkpoint(one_block, policy=_saved_by(cfg.remat))
+    x, _ = jax.lax.scan(lambda h, state: (one_block(state, h), None), x, stacked,
+                        unroll=scan_unroll())
+    return x
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -233,6 +267,8 @@ class LlamaForCausalLM(nnx.Module):
         cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
         table = self.embed_tokens["embedding"][...]
         x = axes.constrain(jnp.take(table, input_ids, axis=0).astype(dtype), axes.ACT_BTD)
+        if cfg.scan_layers:
+            return self.norm(scan_blocks(self.layers, x, cos, sin, segment_ids, cfg))
         run_block = block_runner(cfg.remat)
         for block in self.layers:
             x = run_block(block, x, cos, sin, segment_ids)

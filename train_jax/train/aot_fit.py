@@ -3,12 +3,14 @@
 Changes are tried cumulatively, each one compiled for the target (`aot_plan.plan_for_target`),
 and the first that fits is reported with its plan:
 
-1. full remat (`model.remat=full`: each block keeps only its input; about one more forward);
-2. the whole slice on the fsdp axis (`mesh.data=1 mesh.fsdp=-1 mesh.tensor=1`): parameters,
+1. the layer scan (`model.scan_layers=true`: the compiler keeps one block's gathered weights
+   and temporaries alive at a time; no extra compute);
+2. full remat (`model.remat=full`: each block keeps only its input; about one more forward);
+3. the whole slice on the fsdp axis (`mesh.data=1 mesh.fsdp=-1 mesh.tensor=1`): parameters,
    gradients and AdamW state split over every chip;
-3. the TPU kernels (`model.kernels=tpu`: splash attention keeps no (T x T) scores), when the
+4. the TPU kernels (`model.kernels=tpu`: splash attention keeps no (T x T) scores), when the
    config pins another backend;
-4. gradient accumulation: more `train.micro_batches` (fewer rows per chip per pass, the same
+5. gradient accumulation: more `train.micro_batches` (fewer rows per chip per pass, the same
    global batch), by the factor the temporaries have to shrink, then doubled until it fits.
 """
 
@@ -26,6 +28,8 @@ MAX_COMPILES = 6  # compiles of one search (an 8B step takes minutes on a CPU ho
 
 
 def _setting_changes(cfg: RunConfig, tpu: TpuSlice) -> Iterator[tuple[str, ...]]:
+    if not cfg.model.scan_layers:
+        yield ("model.scan_layers=true",)
     if cfg.model.remat != "full":
         yield ("model.remat=full",)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)

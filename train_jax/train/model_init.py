@@ -41,7 +41,7 @@ def load_initial_model(spec: ModelSpec, method: MethodConfig, seed: int) -> Init
     """Build the model of `spec`; LoRA adapters (if any) are freshly initialised from `seed`."""
     kernels = resolved_kernels(spec)
     options = {"dtype": spec.dtype, "param_dtype": spec.param_dtype,
-               "kernels": kernels["backend"], "remat": spec.remat,
+               "kernels": kernels["backend"], "remat": spec.remat, "scan_layers": spec.scan_layers,
                "lora": method.lora if method.name == "lora" else None}
     params: dict[str, Any] | None = None
     if spec.path is None:

@@ -74,6 +74,7 @@ def model_config_for_plan(cfg: RunConfig) -> ModelConfig:
 
     options = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
                "kernels": resolve_backend(cfg.model.kernels), "remat": cfg.model.remat,
+               "scan_layers": cfg.model.scan_layers,
                "lora": cfg.method.lora if cfg.method.name == "lora" else None}
     if cfg.model.path is None:
         return ModelConfig.from_hf_config(dict(cfg.model.architecture or {}), **options)

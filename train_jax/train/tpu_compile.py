@@ -35,7 +35,9 @@ from jax.sharding import Mesh
 
 from train_jax.config.run_config import RunConfig
 from train_jax.model.config import ModelConfig
+from train_jax.model.kernels.backend import CHUNKED_HEAD_BACKENDS
 from train_jax.model.llama import init_model
+from train_jax.model.loops import unrolled_loops
 from train_jax.sharding.mesh import build_mesh
 from train_jax.sharding.tpu_slices import TpuSlice
 from train_jax.train.partition import ModelParts, PureTree
@@ -240,9 +242,17 @@ def compile_for_slice(cfg: RunConfig, tpu: TpuSlice) -> CompiledStep:
         state = abstract_state(steps.tx, trainable, frozen, steps.state_shardings)
         batch = abstract_batch(steps.batch_shardings(steps.batch_shape), steps.batch_shape)
         lowered = steps.train_step.lower(state, batch)
+        if model_cfg.scan_layers or model_cfg.kernels in CHUNKED_HEAD_BACKENDS:
+            # The layer scan and the chunked head loss are loops XLA counts once: count a
+            # second lowering of a fresh step (no cached trace) with them unrolled.
+            with unrolled_loops():
+                unrolled = build_train_steps(cfg, parts, mesh, trainable, cfg.train.steps)
+                program_flops = _program_flops(unrolled.train_step.lower(state, batch))
+        else:
+            program_flops = _program_flops(lowered)
         common = {"mesh": mesh, "model_cfg": model_cfg, "trainable": trainable,
                   "frozen": frozen, "state_bytes": _shard_bytes(state),
-                  "batch_bytes": _shard_bytes(batch), "program_flops": _program_flops(lowered),
+                  "batch_bytes": _shard_bytes(batch), "program_flops": program_flops,
                   "mosaic_kernels": _MOSAIC_CALL in lowered.as_text()}
         try:
             compiled = lowered.compile()

@@ -109,3 +109,12 @@ def test_objective_and_data_task_must_agree():
     with pytest.raises(ConfigError, match="every data source needs task: preference"):
         load_run_config(configs / "tiny.yaml", ["objective.name=dpo"])
     assert load_run_config(configs / "tiny_dpo.yaml").objective.name == "dpo"
+
+
+def test_the_layer_scan_refuses_lora_dropout():
+    tiny = REPO / "configs" / "train" / "tiny.yaml"
+    lora = ["method.name=lora", "model.scan_layers=true"]
+    with pytest.raises(ConfigError, match="model.scan_layers=true does not support "
+                                          r"method.lora.dropout > 0 \(got 0.1\)"):
+        load_run_config(tiny, [*lora, "method.lora.dropout=0.1"])
+    assert load_run_config(tiny, [*lora, "method.lora.dropout=0"]).model.scan_layers is True

@@ -126,6 +126,27 @@ def test_accumulation_and_the_splash_kernel_are_counted(capsys):
 
 
 @compiles
+def test_the_layer_scan_and_the_chunked_head_loss_are_counted(capsys):
+    # 4 x 2048 tokens on the TPU kernels: the head loss runs over two chunks of positions, and
+    # with the layer scan the blocks are one loop too; XLA counts a loop body once.
+    long = ("model.kernels=auto", "model.remat=full", "train.batch_size=4",
+            "data.sources.0.dataset.max_length=2048")
+    unrolled = _plan_json(capsys, TINY, "v5p-8", *long)
+    scanned = _plan_json(capsys, TINY, "v5p-8", *long, "model.scan_layers=true")
+    _check_consistent(scanned)
+    assert scanned["flops_per_step"] == pytest.approx(unrolled["flops_per_step"], rel=0.02)
+    m = model_config_for_plan(load_run_config(TINY, long))
+    tokens = 4 * 2048
+    full, forward = _formula(TINY, *DENSE, *long[1:])
+    attention = _formula_attention(TINY, *long[1:])
+    # Causal splash (half the dense attention), one more forward of the blocks (full remat),
+    # and the chunked head's logits made again in the backward pass.
+    expected = (full - attention / 2) + (forward - attention / 6) + (
+        2 * m.hidden_size * m.vocab_size * tokens)
+    assert scanned["flops_per_step"] == pytest.approx(expected, rel=0.15)
+
+
+@compiles
 def test_text_report_names_the_verdict(capsys):
     assert main(["plan", "--config", TINY, "--target", "v5p-8", *DENSE]) == 0
     out = capsys.readouterr().out
@@ -142,7 +163,7 @@ def test_a_run_that_does_not_fit_gets_a_change_that_does(capsys):
     assert report["fits"] is False and report["peak_bytes_per_chip"] > 16 * 2**30
     suggestion = report["suggestion"]
     assert suggestion["fits"] is True, report["tried"]
-    assert suggestion["overrides"][0] == "model.remat=full"
+    assert suggestion["overrides"][0] == "model.scan_layers=true"  # the first, free change
     assert suggestion["peak_bytes_per_chip"] <= suggestion["hbm_bytes_per_chip"]
     assert report["tried"][-1]["overrides"] == suggestion["overrides"]
     assert main(["plan", "--config", TINY, "--target", "v5litepod-1", "--no-suggest",

@@ -19,6 +19,9 @@ from train_jax.model.kernels.names import KERNEL_BACKENDS, KERNEL_SETTINGS, Kern
 from train_jax.model.kernels.platform import target_platform
 
 _AUTO: dict[str, KernelBackend] = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
+# Backends whose head loss runs over chunks of positions (`kernels.chunked_head`): a loop, so
+# FLOPs counters lower them unrolled (`model.loops`).
+CHUNKED_HEAD_BACKENDS: tuple[KernelBackend, ...] = ("tpu", "gpu")
 
 
 class UnknownKernelBackendError(ValueError):
@@ -71,6 +74,10 @@ def kernel_ops(backend: str) -> KernelOps:
 
         return KernelOps(attention.attention, norm.rms_norm, swiglu.swiglu, dense.dense,
                          dense.dense_transposed, head_loss.head_cross_entropy)
+    if backend in CHUNKED_HEAD_BACKENDS:
+        from train_jax.model.kernels import chunked_head
+
+        plain = dataclasses.replace(plain, head_cross_entropy=chunked_head.head_cross_entropy)
     if backend == "tpu":
         from train_jax.model.kernels import tpu
 
