@@ -5,7 +5,8 @@ sequence length and remat policy, two compiles for the slice on this CPU host:
 
 - jaxtune: `aot_plan.plan_for_target` (what `jaxtune plan --target` prints): full fine-tuning,
   bf16 compute on fp32 weights, AdamW with fp32 moments, global-norm clipping, splash attention
-  (`model.kernels=tpu`), fsdp over the whole slice.
+  and the chunked head loss (`model.kernels=tpu`), fsdp over the whole slice. Twice, as
+  MaxText: `model.scan_layers=true` (the shipped TPU configs' setting) and `false`.
 - MaxText: `python -m maxtext.trainers.pre_train.train_compile` with the same architecture
   (given dimension by dimension from the model's `config.json`, `model_name=default`), the same
   per-chip batch and length, `remat_policy` of the same name, `attention=flash` (splash on TPU),
@@ -101,8 +102,9 @@ def _cached(args: argparse.Namespace, key: list[Any], compute: Any) -> dict[str,
     return cache[name]
 
 
-def jaxtune_side(args: argparse.Namespace, model: str, remat: str) -> dict[str, Any]:
-    """jaxtune's plan of the step for the slice (the shipped TPU config, batch and length set)."""
+def jaxtune_side(args: argparse.Namespace, model: str, remat: str, scan: bool) -> dict[str, Any]:
+    """jaxtune's plan of the step for the slice (the shipped TPU config, batch and length set),
+    its decoder blocks in one layer scan (`model.scan_layers`) or unrolled."""
     from train_jax.config.run_config import load_run_config
     from train_jax.sharding.tpu_slices import parse_tpu_type
     from train_jax.train.aot_plan import plan_for_target
@@ -110,10 +112,12 @@ def jaxtune_side(args: argparse.Namespace, model: str, remat: str) -> dict[str, 
     overrides = ("model.kernels=tpu", f"model.remat={remat}",
                  f"data.sources.0.dataset.max_length={args.length}",
                  f"train.batch_size={args.batch}", "train.micro_batches=1",
-                 "mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1")
+                 "mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1",
+                 f"model.scan_layers={'true' if scan else 'false'}")
     cfg = load_run_config(REPO / MODELS[model], overrides)
     plan = plan_for_target(cfg, parse_tpu_type(args.target))
-    return {"side": f"jaxtune (remat {remat})", "ok": True, "compiled": plan.compiled,
+    side = f"jaxtune (remat {remat}, scan_layers={'true' if scan else 'false'})"
+    return {"side": side, "ok": True, "compiled": plan.compiled,
             "peak_bytes_per_chip": plan.peak_bytes_per_chip, "temp_bytes": plan.temp_bytes,
             "argument_bytes": plan.argument_bytes, "hbm_bytes_per_chip": plan.hbm_bytes_per_chip,
             "chips": plan.chips, "mesh": plan.mesh,
@@ -232,26 +236,33 @@ def _last_line(text: str) -> str:
 
 
 def compare(args: argparse.Namespace, model: str) -> dict[str, Any]:
-    """jaxtune and its peers for one model: MaxText, else (or also) jaxtune's other remat."""
-    ours = _cached(args, ["jaxtune", model, args.target, args.batch, args.length, args.remat],
-                   lambda: jaxtune_side(args, model, args.remat))
+    """jaxtune and MaxText for one model, each with its layers scanned and unrolled; else (or
+    also) jaxtune's other remat policy as the peer."""
+    ours = {scan: _cached(args, ["jaxtune", model, args.target, args.batch, args.length,
+                                 args.remat, "scan" if scan else "unrolled"],
+                          lambda scan=scan: jaxtune_side(args, model, args.remat, scan))
+            for scan in (True, False)}
+    chips, hbm = ours[True]["chips"], ours[True]["hbm_bytes_per_chip"]
     # The unrolled run keeps the cache key it had before the scanned one was added.
-    peers = [_cached(args, ["maxtext", model, args.target, args.batch, args.length, args.remat,
-                            *(["scan"] if scan else [])],
-                     lambda scan=scan: maxtext_side(args, model, args.remat, ours["chips"],
-                                                    ours["hbm_bytes_per_chip"], scan))
-             for scan in (True, False)]
-    rows = [ours, *peers]
-    if not all(peer["ok"] for peer in peers) or args.own_peers:
+    peers = {scan: _cached(args, ["maxtext", model, args.target, args.batch, args.length,
+                                  args.remat, *(["scan"] if scan else [])],
+                           lambda scan=scan: maxtext_side(args, model, args.remat, chips, hbm,
+                                                          scan))
+             for scan in (True, False)}
+    rows = [ours[True], peers[True], ours[False], peers[False]]
+    if not all(peer["ok"] for peer in peers.values()) or args.own_peers:
         other = OTHER_REMAT[args.remat]
-        rows.append(_cached(args, ["jaxtune", model, args.target, args.batch, args.length, other],
-                            lambda: jaxtune_side(args, model, other)))
+        rows.append(_cached(args, ["jaxtune", model, args.target, args.batch, args.length, other,
+                                   "scan"],
+                            lambda: jaxtune_side(args, model, other, True)))
     verdicts = []
-    for peer in (p for p in peers if p["ok"]):
-        ratio = ours["peak_bytes_per_chip"] / peer["peak_bytes_per_chip"]
-        same_fit = _fits(ours) == _fits(peer)
-        verdicts.append({"peer": peer["side"], "peak_ratio": ratio, "same_fit": same_fit,
-                         "met": ratio <= TARGET_RATIO and same_fit})
+    for scan, peer in peers.items():  # like for like: scanned with scanned, unrolled with unrolled
+        if not peer["ok"]:
+            continue
+        ratio = ours[scan]["peak_bytes_per_chip"] / peer["peak_bytes_per_chip"]
+        same_fit = _fits(ours[scan]) == _fits(peer)
+        verdicts.append({"side": ours[scan]["side"], "peer": peer["side"], "peak_ratio": ratio,
+                         "same_fit": same_fit, "met": ratio <= TARGET_RATIO and same_fit})
     return {"model": model, "rows": rows, "verdicts": verdicts}
 
 
@@ -288,7 +299,7 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             lines.append(f"{result['model']}: {row['side']} not compared: {row['reason']}")
         for verdict in result["verdicts"]:
             lines.append(
-                f"{result['model']}: jaxtune / {verdict['peer']} peak bytes per chip = "
+                f"{result['model']}: {verdict['side']} / {verdict['peer']} peak bytes per chip = "
                 f"{verdict['peak_ratio']:.3f} (target <= {TARGET_RATIO}); same fit verdict: "
                 f"{'yes' if verdict['same_fit'] else 'NO'}; "
                 f"{'met' if verdict['met'] else 'NOT met'}")

@@ -219,6 +219,32 @@ def test_splash_runs_per_shard_inside_a_shard_map(fallback_log):
     np.testing.assert_allclose(got, _attention("reference", segments, rope)(*args), atol=1e-5)
 
 
+def test_on_a_tensor_axis_splash_splits_kv_heads_with_their_query_heads(fallback_log,
+                                                                          monkeypatch):
+    # The sharding module's own per-shard map on a (data 2, tensor 2) mesh: each shard holds
+    # one row and one of the two kv heads with its two query heads, and the result is still
+    # the reference's (a wrong query-to-kv pairing would not be).
+    from train_jax.config.run_config import MeshConfig
+    from train_jax.sharding.mesh import build_mesh
+    from train_jax.sharding.per_shard import per_shard_mapping
+
+    heads_per_call = []
+    kernel = tpu._kernel
+
+    def spy(length, heads, causal, interpret):
+        heads_per_call.append(heads)
+        return kernel(length, heads, causal, interpret)
+
+    monkeypatch.setattr(tpu, "_kernel", spy)
+    mesh = build_mesh(MeshConfig(2, 1, 2), jax.devices()[:4], "test devices")
+    args, segments, rope, _ = _attention_case(jnp.float32, 64)
+    with per_shard_mapping(mesh):
+        got = _attention("tpu", segments, rope)(*args)
+    assert "kernels tpu" not in fallback_log.text
+    assert heads_per_call == [2]  # of 4 query heads: the tensor axis split them in two
+    np.testing.assert_allclose(got, _attention("reference", segments, rope)(*args), atol=1e-5)
+
+
 @pytest.mark.parametrize("platform, backend", [
     ("tpu", "tpu"), ("gpu", "gpu"), ("cuda", "gpu"), ("cpu", "xla_cpu"), ("METAL", "xla_cpu"),
 ])

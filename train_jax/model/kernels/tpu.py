@@ -3,6 +3,8 @@
 Causal, with packed sequences kept apart by segment ids (splash masks a key whose id differs
 from the query's; padding, id 0, attends to padding as in `kernels.mask`), and grouped-query
 heads natively (each kv head serves N / K query heads). One kernel call per batch row (vmap).
+On a mesh it runs per shard (`axes.per_shard`), split by batch and, over a tensor axis that
+divides the kv heads, by kv head with their query heads.
 Off a TPU it runs in Pallas' interpret mode, which is how the tests check it on CPU.
 
 Shapes splash does not take fall back to `reference` for that call, with a warning:
@@ -30,8 +32,10 @@ from train_jax.model.rope import apply_rope
 LANES = 128  # splash block sizes are multiples of this
 HEAD_DIM_MULTIPLE = 64
 _BLOCK_SIZES = (512, 256, 128)
-# (B, N, T, H) heads-first operands and (B, T) segment ids: only the batch is split per shard.
-_ACT_BNTH: axes.LogicalAxes = (axes.BATCH, None, None, None)
+# Heads-first operands per shard: queries (B, K, G, T, H) grouped under their kv head, keys and
+# values (B, K, T, H), segment ids (B, T); split by batch and by kv head (over `tensor`).
+_ACT_BKGTH: axes.LogicalAxes = (axes.BATCH, axes.ACT_KV_HEADS, None, None, None)
+_ACT_BKTH: axes.LogicalAxes = (axes.BATCH, axes.ACT_KV_HEADS, None, None)
 _ACT_BT: axes.LogicalAxes = (axes.BATCH, None)
 
 
@@ -67,16 +71,29 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
     q_scaled = (q_scaled * (1.0 / math.sqrt(h))).astype(q.dtype)
     if segment_ids is None:
         segment_ids = jnp.ones((b, t), jnp.int32)
-    kernel = _kernel(t, n, causal, interpret)
+    kv_heads = k.shape[2]
+    groups = n // kv_heads
 
-    def rows(q_bnth: jax.Array, k_bkth: jax.Array, v_bkth: jax.Array, ids: jax.Array) -> jax.Array:
+    def rows(q_bkgth: jax.Array, k_bkth: jax.Array, v_bkth: jax.Array, ids: jax.Array) -> jax.Array:
+        # On a shard: this shard's kv heads and the query heads of each (all of them without a
+        # tensor axis); query head i attends with kv head i // groups, locally as globally.
+        rows_, local_kv = q_bkgth.shape[:2]
+        kernel = _kernel(t, local_kv * groups, causal, interpret)
+
         def one(q_nth, k_kth, v_kth, ids_t):
             return kernel(q_nth, k_kth, v_kth, segment_ids=splash.SegmentIds(q=ids_t, kv=ids_t))
-        return jax.vmap(one)(q_bnth, k_bkth, v_bkth, ids)
 
-    heads_first = (q_scaled.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
-                   v.transpose(0, 2, 1, 3), segment_ids.astype(jnp.int32))
-    out = axes.per_shard(rows, heads_first, (_ACT_BNTH, _ACT_BNTH, _ACT_BNTH, _ACT_BT), _ACT_BNTH)
+        q_bnth = q_bkgth.reshape(rows_, local_kv * groups, t, h)
+        return jax.vmap(one)(q_bnth, k_bkth, v_bkth, ids).reshape(q_bkgth.shape)
+
+    # Heads first; the query heads grouped under their kv head, so that a tensor axis splits
+    # queries and keys by the same (kv head) dimension, or neither: GQA pairs stay on a shard.
+    q_grouped = q_scaled.transpose(0, 2, 1, 3).reshape(b, kv_heads, groups, t, h)
+    heads_first = (q_grouped, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                   segment_ids.astype(jnp.int32))
+    out = axes.per_shard(rows, heads_first, (_ACT_BKGTH, _ACT_BKTH, _ACT_BKTH, _ACT_BT),
+                         _ACT_BKGTH)
+    out = out.reshape(b, n, t, h)
     return out.transpose(0, 2, 1, 3)  # (B, T, N, H)
 
 
