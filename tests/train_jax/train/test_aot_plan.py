@@ -128,13 +128,12 @@ def test_accumulation_and_the_splash_kernel_are_counted(capsys):
 @compiles
 def test_the_layer_scan_and_the_chunked_head_loss_are_counted(capsys):
     # 4 x 2048 tokens on the TPU kernels: the head loss runs over two chunks of positions, and
-    # with the layer scan the blocks are one loop too; XLA counts a loop body once.
+    # with the layer scan the blocks are one loop too; XLA counts a loop body once (counted
+    # as loops, this step reads about 25% low).
     long = ("model.kernels=auto", "model.remat=full", "train.batch_size=4",
             "data.sources.0.dataset.max_length=2048")
-    unrolled = _plan_json(capsys, TINY, "v5p-8", *long)
     scanned = _plan_json(capsys, TINY, "v5p-8", *long, "model.scan_layers=true")
     _check_consistent(scanned)
-    assert scanned["flops_per_step"] == pytest.approx(unrolled["flops_per_step"], rel=0.02)
     m = model_config_for_plan(load_run_config(TINY, long))
     tokens = 4 * 2048
     full, forward = _formula(TINY, *DENSE, *long[1:])
@@ -143,7 +142,7 @@ def test_the_layer_scan_and_the_chunked_head_loss_are_counted(capsys):
     # and the chunked head's logits made again in the backward pass.
     expected = (full - attention / 2) + (forward - attention / 6) + (
         2 * m.hidden_size * m.vocab_size * tokens)
-    assert scanned["flops_per_step"] == pytest.approx(expected, rel=0.15)
+    assert scanned["flops_per_step"] == pytest.approx(expected, rel=0.1)
 
 
 @compiles
