@@ -100,6 +100,10 @@ class ModelConfig:
                              f"{list(KERNEL_BACKENDS)} (resolve 'auto' with resolve_backend)")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is not a policy; choose from {list(REMAT_POLICIES)}")
+        if self.scan_layers and self.lora is not None and self.lora.dropout > 0:
+            # A scanned block is rebuilt from its stacked state: dropout's RNG would not advance.
+            raise ValueError("scan_layers does not support LoRA dropout > 0 "
+                             f"(got {self.lora.dropout})")
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "

@@ -122,6 +122,10 @@ def test_model_config_takes_only_a_resolved_backend_and_a_remat_policy():
     with pytest.raises(ValueError, match="remat True is not a policy; choose from"):
         tiny_config(remat=True)
     assert (tiny_config().kernels, tiny_config().remat) == ("xla_cpu", "none")
+    from train_jax.model.config import LoraSpec
+
+    with pytest.raises(ValueError, match="scan_layers does not support LoRA dropout > 0"):
+        tiny_config(scan_layers=True, lora=LoraSpec(dropout=0.1))
 
 
 def test_training_logs_the_resolved_backend_and_records_it_for_provenance(tmp_path, caplog):
