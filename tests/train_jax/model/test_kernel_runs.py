@@ -31,10 +31,22 @@ WELL_CONDITIONED = OptimizerConfig(learning_rate=1e-2, schedule="constant", weig
                                    eps=1e-3)
 
 
-def _loss_fn(kernels: str, remat: str, length: int = LENGTH, **arch):
-    """A jittable loss of the tiny model's parameters (mean token loss of packed rows)."""
-    cfg = ModelConfig.from_hf_config({**TINY_HF, **arch}, kernels=kernels, remat=remat)
-    graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+def _loss_fn(kernels: str, remat: str, length: int = LENGTH, *, scan_layers: bool = False,
+             lora: bool = False, **arch):
+    """A jittable loss of the tiny model's parameters (mean token loss of packed rows); `lora`
+    adds adapters on q, v and down with a non-zero B, so they change the output and get
+    gradients of their own."""
+    from train_jax.model.config import LoraSpec
+
+    spec = LoraSpec(rank=4, targets=("q_proj", "v_proj", "down_proj")) if lora else None
+    cfg = ModelConfig.from_hf_config({**TINY_HF, **arch}, kernels=kernels, remat=remat,
+                                     scan_layers=scan_layers, lora=spec)
+    model = init_model(cfg, seed=0)
+    if lora:
+        for block in model.layers:
+            for proj in (block.self_attn.q_proj, block.self_attn.v_proj, block.mlp.down_proj):
+                proj.lora_b[...] = 0.1 * jnp.ones_like(proj.lora_b[...])
+    graphdef, params = nnx.split(model, nnx.Param)
     segments = jnp.asarray(packed_segments(length))
     positions = jnp.asarray(segment_positions(packed_segments(length)))
     ids = jax.random.randint(jax.random.key(5), (2, length), 0, 256)
@@ -48,9 +60,10 @@ def _loss_fn(kernels: str, remat: str, length: int = LENGTH, **arch):
 
 
 @functools.cache
-def _loss_and_grads(kernels: str, remat: str, length: int = LENGTH, head_dim: int | None = None):
+def _loss_and_grads(kernels: str, remat: str, length: int = LENGTH, head_dim: int | None = None,
+                    **options):
     arch = {} if head_dim is None else {"head_dim": head_dim}
-    loss, params = _loss_fn(kernels, remat, length, **arch)
+    loss, params = _loss_fn(kernels, remat, length, **options, **arch)
     return jax.device_get(jax.jit(jax.value_and_grad(loss))(params))
 
 
@@ -151,36 +164,14 @@ def test_training_logs_the_resolved_backend_and_records_it_for_provenance(tmp_pa
     assert "- kernels: xla_cpu (setting auto, platform cpu)" in render_model_card(provenance)
 
 
-def _scan_loss_and_grads(kernels: str, remat: str, scan: bool, lora: bool):
-    """Loss and gradients of the tiny model with its blocks unrolled or in one layer scan."""
-    from train_jax.model.config import LoraSpec
-
-    spec = LoraSpec(rank=4, targets=("q_proj", "v_proj", "down_proj")) if lora else None
-    cfg = ModelConfig.from_hf_config({**TINY_HF, "num_hidden_layers": 3}, kernels=kernels,
-                                     remat=remat, scan_layers=scan, lora=spec)
-    model = init_model(cfg, seed=0)
-    if lora:  # non-zero B, so the adapters change the output and get gradients of their own
-        for block in model.layers:
-            for proj in (block.self_attn.q_proj, block.self_attn.v_proj, block.mlp.down_proj):
-                proj.lora_b[...] = 0.1 * jnp.ones_like(proj.lora_b[...])
-    graphdef, params = nnx.split(model, nnx.Param)
-    segments = jnp.asarray(packed_segments(LENGTH))
-    positions = jnp.asarray(segment_positions(packed_segments(LENGTH)))
-    ids = jax.random.randint(jax.random.key(5), (2, LENGTH), 0, 256)
-
-    def loss(p):
-        losses = nnx.merge(graphdef, p).token_losses(ids, jnp.roll(ids, -1, 1), positions, segments)
-        return jnp.sum(losses * (segments > 0)) / jnp.sum(segments > 0)
-
-    return jax.device_get(jax.jit(jax.value_and_grad(loss))(params))
-
-
 # (xla_cpu, unrolled vs scanned, is in the sharded train-step test below.)
 @pytest.mark.parametrize("kernels,remat,lora", [("reference", "save_qkvo", True),
                                                 ("tpu", "full", False)])
 def test_the_layer_scan_gives_the_loss_and_gradients_of_the_unrolled_blocks(kernels, remat, lora):
-    _assert_same_loss_and_grads(_scan_loss_and_grads(kernels, remat, True, lora),
-                                _scan_loss_and_grads(kernels, remat, False, lora), rtol=1e-6)
+    three = {"lora": lora, "num_hidden_layers": 3}
+    _assert_same_loss_and_grads(_loss_and_grads(kernels, remat, scan_layers=True, **three),
+                                _loss_and_grads(kernels, remat, scan_layers=False, **three),
+                                rtol=1e-6)
 
 
 def test_the_layer_scan_is_one_loop_over_the_blocks():
