@@ -35,7 +35,6 @@ from jax.sharding import Mesh
 
 from train_jax.config.run_config import RunConfig
 from train_jax.model.config import ModelConfig
-from train_jax.model.kernels.backend import CHUNKED_HEAD_BACKENDS
 from train_jax.model.llama import init_model
 from train_jax.model.loops import unrolled_loops
 from train_jax.sharding.mesh import build_mesh
@@ -50,6 +49,7 @@ _OOM_RE = re.compile(r"Ran out of memory on HBM.*?\(([\d.]+)([KMGT])\).*?availab
                      r"\(([\d.]+)([KMGT])\)")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _ACCUMULATION_LOOP = 'op_name="jit(train_step)/while"'  # the micro-batch lax.scan, compiled
+_LOOP = "stablehlo.while"  # a lax.scan / while_loop in the lowered step
 _MOSAIC_CALL = "tpu_custom_call"  # a Pallas TPU kernel (splash attention) in the lowered step
 
 
@@ -242,9 +242,11 @@ def compile_for_slice(cfg: RunConfig, tpu: TpuSlice) -> CompiledStep:
         state = abstract_state(steps.tx, trainable, frozen, steps.state_shardings)
         batch = abstract_batch(steps.batch_shardings(steps.batch_shape), steps.batch_shape)
         lowered = steps.train_step.lower(state, batch)
-        if model_cfg.scan_layers or model_cfg.kernels in CHUNKED_HEAD_BACKENDS:
-            # The layer scan and the chunked head loss are loops XLA counts once: count a
-            # second lowering of a fresh step (no cached trace) with them unrolled.
+        text = lowered.as_text()
+        accumulation_loops = 1 if cfg.train.micro_batches > 1 else 0  # scaled by the caller
+        if text.count(_LOOP) > accumulation_loops:
+            # The model's own loops (the layer scan, the chunked head loss), which XLA counts
+            # once: count a second lowering of a fresh step (no cached trace) with them unrolled.
             with unrolled_loops():
                 unrolled = build_train_steps(cfg, parts, mesh, trainable, cfg.train.steps)
                 program_flops = _program_flops(unrolled.train_step.lower(state, batch))
@@ -253,7 +255,7 @@ def compile_for_slice(cfg: RunConfig, tpu: TpuSlice) -> CompiledStep:
         common = {"mesh": mesh, "model_cfg": model_cfg, "trainable": trainable,
                   "frozen": frozen, "state_bytes": _shard_bytes(state),
                   "batch_bytes": _shard_bytes(batch), "program_flops": program_flops,
-                  "mosaic_kernels": _MOSAIC_CALL in lowered.as_text()}
+                  "mosaic_kernels": _MOSAIC_CALL in text}
         try:
             compiled = lowered.compile()
         except Exception as exc:  # noqa: BLE001 - XLA's errors are the message

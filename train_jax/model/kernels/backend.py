@@ -19,8 +19,7 @@ from train_jax.model.kernels.names import KERNEL_BACKENDS, KERNEL_SETTINGS, Kern
 from train_jax.model.kernels.platform import target_platform
 
 _AUTO: dict[str, KernelBackend] = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
-# Backends whose head loss runs over chunks of positions (`kernels.chunked_head`): a loop, so
-# FLOPs counters lower them unrolled (`model.loops`).
+# Backends whose head loss runs over chunks of positions (`kernels.chunked_head`).
 CHUNKED_HEAD_BACKENDS: tuple[KernelBackend, ...] = ("tpu", "gpu")
 
 
